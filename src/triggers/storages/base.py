@@ -56,7 +56,9 @@ class SessionData:
         instances: Mapping[str, Any] | None = None,
         latest_kwargs: Mapping[str, Any] | None = None,
         counters: Mapping[str, int] | None = None,
+        version: Any = None,
     ) -> None:
+        self.version = version  # opaque token for optimistic backends (see SessionSlice)
         self.tasks: dict[str, Any] = dict(tasks or {})  # name -> directives
         self.instances: dict[str, Any] = dict(instances or {})  # name -> instance dict
         self.latest_kwargs: dict[str, Any] = dict(latest_kwargs or {})
@@ -122,6 +124,7 @@ class SessionData:
                 t: copy.deepcopy(self.latest_kwargs[t]) for t in used if t in self.latest_kwargs
             },
             counters={t: self.counters.get(t, 0) for t in configs},
+            version=self.version,
         )
 
 
@@ -410,7 +413,7 @@ class BaseTriggerStorage:
             counters={t: c for t, c in data.counters.items() if original.counters.get(t) != c},
         )
         if changes:
-            slice_ = original.slice((), ())
+            slice_ = SessionSlice(version=original.version)
             try:
                 self._write_changes(slice_, changes)
             except StepConflict:
