@@ -1,5 +1,9 @@
 """The pure core: session state + event -> new state + effects.
 
+Kwargs values are treated as immutable once they enter a step (they come
+freshly decoded from storage or validated by the manager), so the core shares
+them between instances instead of copying them.
+
 Nothing here does I/O or reads a clock: a :class:`Step` works on a
 :class:`SessionSlice` (the part of a session an event concerns, loaded by a
 storage backend inside an atomic step), mutates copies, and records what changed
@@ -163,9 +167,8 @@ class Step:
             elif instance.can_run:
                 self.schedule(instance)
 
-        recorded = copy.deepcopy(dict(kwargs))
-        self.slice.latest_kwargs[trigger] = recorded
-        self.changes.latest_kwargs[trigger] = recorded
+        self.slice.latest_kwargs[trigger] = kwargs
+        self.changes.latest_kwargs[trigger] = kwargs
         return self.scheduled[first_scheduled:]
 
     def _unstarted_of(self, task: str) -> list[TaskInstance]:
@@ -187,9 +190,9 @@ class Step:
 
     def _receive(self, instance: TaskInstance, trigger: str, kwargs: Mapping[str, Any]) -> None:
         if trigger in instance.config.after and trigger not in instance.kwargs:
-            instance.kwargs[trigger] = copy.deepcopy(dict(kwargs))
+            instance.kwargs[trigger] = kwargs
         if trigger in instance.config.unless and trigger not in instance.abandon_state:
-            instance.abandon_state[trigger] = copy.deepcopy(dict(kwargs))
+            instance.abandon_state[trigger] = kwargs
         self._touch(instance)
 
     def _create_receiving(
@@ -198,10 +201,8 @@ class Step:
         latest = self.slice.latest_kwargs
         instance = self.new_instance(
             config,
-            kwargs={t: copy.deepcopy(latest[t]) for t in config.after - {trigger} if t in latest},
-            abandon_state={
-                t: copy.deepcopy(latest[t]) for t in config.unless - {trigger} if t in latest
-            },
+            kwargs={t: latest[t] for t in config.after - {trigger} if t in latest},
+            abandon_state={t: latest[t] for t in config.unless - {trigger} if t in latest},
         )
         self._receive(instance, trigger, kwargs)
         return instance

@@ -13,6 +13,7 @@ from triggers.exceptions import DispatchError, InvalidTriggerKwargs
 from triggers.registry import ClassRegistry
 from triggers.runners.base import DEFAULT_TASK_RUNNER, BaseTaskRunner, task_runners
 from triggers.storages.base import BaseTriggerStorage
+from triggers.storages.codec import dumps
 from triggers.types import (
     META_ACTUAL_KWARGS,
     META_COOLDOWN,
@@ -52,7 +53,7 @@ def _check_kwargs(what: str, kwargs: Any) -> dict[str, Any]:
             f"{what}: kwargs must be a mapping (dict), got {type(kwargs).__name__}"
         )
     try:
-        return json.loads(json.dumps(kwargs, allow_nan=False))  # type: ignore[no-any-return]
+        return json.loads(dumps(kwargs))  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
         raise InvalidTriggerKwargs(f"{what}: kwargs must be JSON-serializable ({exc})") from None
 

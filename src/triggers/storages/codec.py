@@ -10,9 +10,12 @@ from triggers.config import parse_task
 from triggers.types import TaskConfig, TaskInstance
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON for storage (never pickle)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    """Compact JSON for storage (never pickle); raises on NaN/infinity and non-JSON types."""
+    return _encode(value)
 
 
 loads = json.loads
