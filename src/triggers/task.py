@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import celery
 
 from triggers.engine import merge_kwargs
-from triggers.exceptions import TaskNotFoundError
+from triggers.exceptions import TaskNotFoundError, with_context
 from triggers.logging import ContextLogger, LevelTracker, logger_context
 from triggers.types import STATUS_SKIPPED, TaskInstance
 
@@ -109,7 +109,9 @@ class TaskContext:
         return ContextLogger(self.logger, merged, self.log_tracker)
 
     @contextmanager
-    def get_logger_context(self, context: Mapping[str, Any] | None = None) -> Iterator[ContextLogger]:
+    def get_logger_context(
+        self, context: Mapping[str, Any] | None = None
+    ) -> Iterator[ContextLogger]:
         """A logger carrying ``context`` (plus session/instance); logs exceptions raised inside."""
         merged = self.base_log_context()
         merged.update(context or {})
@@ -135,17 +137,15 @@ def filter_kwargs(kwargs: Mapping[str, Any], filters: Any) -> dict[str, Any]:
     if _is_pydantic_model(filters):
         return _validate_pydantic(filters, kwargs, None)
     if isinstance(filters, Mapping) and all(_is_pydantic_model(v) for v in filters.values()):
-        errors: dict[str, Any] = {}
+        problems: list[str] = []
         cleaned: dict[str, Any] = {}
         for trigger, model in filters.items():
             try:
                 cleaned[trigger] = _validate_pydantic(model, kwargs.get(trigger, {}), trigger)
-            except ValueError as exc:
-                errors[trigger] = str(exc)
-        if errors:
-            raise ValueError(
-                "invalid trigger kwargs: " + "; ".join(errors[t] for t in sorted(errors))
-            )
+            except _InvalidKwargs as exc:
+                problems += exc.problems
+        if problems:
+            raise _InvalidKwargs(problems)
         return cleaned
     try:
         import filters as f
@@ -154,15 +154,46 @@ def filter_kwargs(kwargs: Mapping[str, Any], filters: Any) -> dict[str, Any]:
             "filter_kwargs() got neither a pydantic model nor a mapping of them; the Filters "
             "library form needs the 'filters' extra (pip install triggers[filters])"
         ) from exc
-    starting = f.FilterMapper(filters) if isinstance(filters, Mapping) else filters
-    runner = f.FilterRunner(starting, dict(kwargs))
+    data = dict(kwargs)
+    if isinstance(filters, Mapping):
+        # The original form: {trigger: {key: filter}}. A trigger named there but
+        # absent from the kwargs is checked as {} so its required keys are reported.
+        for trigger, spec in filters.items():
+            if isinstance(spec, Mapping) and data.get(trigger) is None:
+                data[trigger] = {}
+    runner = f.FilterRunner(_filters_form(filters), data)
     if not runner.is_valid():
         problems = []
         for key, messages in sorted(runner.errors.items()):
             for message in messages:
                 problems.append(f"{key or '(root)'}: {message['message']} ({message['code']})")
-        raise ValueError("invalid trigger kwargs: " + "; ".join(problems))
+        raise with_context(
+            ValueError("invalid trigger kwargs: " + "; ".join(problems)),
+            {"filter_errors": {k: list(v) for k, v in runner.errors.items()}},
+        )
     return dict(runner.cleaned_data)
+
+
+def _filters_form(spec: Any) -> Any:
+    """Nested mappings of the Filters form become FilterMappers (extra and missing
+    keys allowed: add ``f.Required`` to insist on a key)."""
+    import filters as f
+
+    if isinstance(spec, Mapping):
+        return f.FilterMapper(
+            {key: _filters_form(value) for key, value in spec.items()},
+            allow_missing_keys=True,
+            allow_extra_keys=True,
+        )
+    return spec
+
+
+class _InvalidKwargs(ValueError):
+    """``ValueError`` listing every invalid trigger kwarg (``problems``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid trigger kwargs: " + "; ".join(problems))
+        self.problems = problems
 
 
 def _validate_pydantic(model: Any, data: Any, trigger: str | None) -> dict[str, Any]:
@@ -175,7 +206,7 @@ def _validate_pydantic(model: Any, data: Any, trigger: str | None) -> dict[str, 
         problems = [
             f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         ]
-        raise ValueError("invalid trigger kwargs: " + "; ".join(problems)) from None
+        raise _InvalidKwargs(problems) from None
     return obj.model_dump()  # type: ignore[no-any-return]
 
 
