@@ -22,7 +22,7 @@ REDIS_URL = os.environ.get("TRIGGERS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 POSTGRES_DSN = os.environ.get(
     "TRIGGERS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
-BACKENDS = ["memory", "sqlite", "redis", "postgres"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres", "cache"]
 
 StorageFactory = Callable[..., BaseTriggerStorage]
 
@@ -69,6 +69,19 @@ def prepare_backend(backend: str) -> None:
     elif backend == "postgres":
         pytest.importorskip("triggers.storages.postgres", reason="PostgreSQL backend not installed")
         require_service("PostgreSQL", _postgres_ping)
+    elif backend == "cache":
+        pytest.importorskip("django", reason="the Django cache backend needs Django")
+        configure_django()
+
+
+def configure_django() -> None:
+    """Django settings for the cache backend's tests: a process-local cache."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        )
 
 
 @pytest.fixture(params=BACKENDS)
