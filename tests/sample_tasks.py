@@ -256,6 +256,5 @@ class HookRecordingManager(TriggerManager):
 
     def _post_skip(self, task_instance: TaskInstance, cascade: bool) -> None:
         self.storage.invalidate_cache()
-        type(self).calls.append(
-            ("skip", task_instance.name, task_instance.status, cascade, sorted(self.storage.instances))
-        )
+        names = sorted(self.storage.instances)
+        type(self).calls.append(("skip", task_instance.name, task_instance.status, cascade, names))

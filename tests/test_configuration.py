@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from sample_tasks import P, settle
 
+from sample_tasks import P, settle
 from triggers.config import load_configuration_file, parse_configuration
 from triggers.exceptions import ConfigurationError, TriggersError
 from triggers.manager import TriggerManager
