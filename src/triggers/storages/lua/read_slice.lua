@@ -1,0 +1,144 @@
+-- Read the part of one session that an atomic step concerns, in one round trip.
+--
+-- KEYS: the session's keys, in this order:
+--   1 meta  2 tasks  3 tasktriggers  4 index  5 instances  6 unstarted  7 kwargs  8 counters
+-- ARGV: n, trigger*n, m, task*m, k, instance-name*k
+--   triggers: the step's triggers; tasks: the tasks of the named instances;
+--   instance names: instances the step names explicitly.
+-- Returns a flat array:
+--   version,
+--   #firing, firing task names...,
+--   #tasks, (task name, config JSON, counter)...,
+--   #instances, instance JSON...,
+--   #kwargs, (trigger, latest kwargs JSON)...
+-- "firing" tasks are the ones using one of the triggers; the instances are the
+-- unstarted instances of the firing tasks plus the named instances that exist.
+
+local pos = 1
+local function take_list()
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  local list = {}
+  for i = 1, n do
+    list[i] = ARGV[pos]
+    pos = pos + 1
+  end
+  return list
+end
+
+-- HMGET in chunks (Lua's unpack is limited by the C stack).
+local function hmget(key, fields)
+  local out = {}
+  local n = #fields
+  for i = 1, n, 1000 do
+    local j = math.min(i + 999, n)
+    local part = redis.call('HMGET', key, unpack(fields, i, j))
+    for k = 1, j - i + 1 do
+      out[#out + 1] = part[k]
+    end
+  end
+  return out
+end
+
+local triggers = take_list()
+local wanted = take_list()
+local names = take_list()
+
+local version = redis.call('HGET', KEYS[1], 'version') or '0'
+
+-- Tasks using the triggers, through the trigger index.
+local firing, is_firing = {}, {}
+if #triggers > 0 then
+  for _, text in ipairs(hmget(KEYS[4], triggers)) do
+    if text then
+      for _, task in ipairs(cjson.decode(text)) do
+        if not is_firing[task] then
+          is_firing[task] = true
+          firing[#firing + 1] = task
+        end
+      end
+    end
+  end
+end
+
+-- Their configurations and counters, plus those of the named instances' tasks.
+local task_names = {}
+for i = 1, #firing do task_names[i] = firing[i] end
+for _, task in ipairs(wanted) do
+  if not is_firing[task] then task_names[#task_names + 1] = task end
+end
+local configs, counters = {}, {}
+if #task_names > 0 then
+  configs = hmget(KEYS[2], task_names)
+  counters = hmget(KEYS[8], task_names)
+end
+
+-- Unstarted instances of the firing tasks, plus the named instances.
+local instance_names, seen = {}, {}
+for _, name in ipairs(names) do
+  if not seen[name] then
+    seen[name] = true
+    instance_names[#instance_names + 1] = name
+  end
+end
+if #firing > 0 then
+  for _, text in ipairs(hmget(KEYS[6], firing)) do
+    if text then
+      for _, name in ipairs(cjson.decode(text)) do
+        if not seen[name] then
+          seen[name] = true
+          instance_names[#instance_names + 1] = name
+        end
+      end
+    end
+  end
+end
+local instances = {}
+if #instance_names > 0 then
+  for _, text in ipairs(hmget(KEYS[5], instance_names)) do
+    if text then instances[#instances + 1] = text end
+  end
+end
+
+-- Latest kwargs of every trigger the firing tasks use.
+local used, is_used = {}, {}
+if #firing > 0 then
+  for _, text in ipairs(hmget(KEYS[3], firing)) do
+    if text then
+      for _, trigger in ipairs(cjson.decode(text)) do
+        if not is_used[trigger] then
+          is_used[trigger] = true
+          used[#used + 1] = trigger
+        end
+      end
+    end
+  end
+end
+local kwargs = {}
+if #used > 0 then
+  local values = hmget(KEYS[7], used)
+  for i = 1, #used do
+    if values[i] then
+      kwargs[#kwargs + 1] = used[i]
+      kwargs[#kwargs + 1] = values[i]
+    end
+  end
+end
+
+local out = { version, #firing }
+for i = 1, #firing do out[#out + 1] = firing[i] end
+local present = {}
+for i = 1, #task_names do
+  if configs[i] then
+    present[#present + 1] = task_names[i]
+    present[#present + 1] = configs[i]
+    present[#present + 1] = counters[i] or '0'
+  end
+end
+out[#out + 1] = #present / 3
+for i = 1, #present do out[#out + 1] = present[i] end
+out[#out + 1] = #instances
+for i = 1, #instances do out[#out + 1] = instances[i] end
+out[#out + 1] = #kwargs / 2
+for i = 1, #kwargs do out[#out + 1] = kwargs[i] end
+return out
