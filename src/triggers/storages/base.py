@@ -144,10 +144,24 @@ class BaseTriggerStorage:
             raise ValueError(f"session uid must be a non-empty string, got {uid!r}")
         self.uid = uid
         self._cache: SessionData | None = None
-        self._locked: SessionData | None = None
-        self._locked_original: SessionData | None = None
-        self._lock_depth = 0
         self._local = threading.local()
+
+    # The session held by acquire_lock() belongs to the thread that holds it.
+    @property
+    def _locked(self) -> SessionData | None:
+        return getattr(self._local, "locked", None)
+
+    @_locked.setter
+    def _locked(self, value: SessionData | None) -> None:
+        self._local.locked = value
+
+    @property
+    def _locked_original(self) -> SessionData | None:
+        return getattr(self._local, "original", None)
+
+    @_locked_original.setter
+    def _locked_original(self, value: SessionData | None) -> None:
+        self._local.original = value
 
     # ------------------------------------------------------------------
     # Primitives: override these.
@@ -209,11 +223,11 @@ class BaseTriggerStorage:
         triggers = frozenset(triggers)
         instance_names = frozenset(instance_names)
         if self._locked is not None:
-            # Inside acquire_lock(): the step works on the locked session.
-            step = Step(self._locked.slice(triggers, instance_names), time.time())
-            result = plan(step)
-            self._locked.apply(step.changes)
-            return result, step
+            raise RuntimeError(
+                f"session {self.uid!r}: manager operations cannot run inside acquire_lock() "
+                "(their tasks would be dispatched before save()); change the locked session "
+                "directly, or call the manager after the block"
+            )
         for _attempt in range(self.max_step_attempts):
             with self._transaction():
                 slice_ = self._read_slice(triggers, instance_names)

@@ -50,7 +50,6 @@ class CacheStorageBackend(BaseTriggerStorage):
         self.timeout = timeout
         self.lock_timeout = lock_timeout
         self.lock_wait = lock_wait
-        self._held = 0
 
     def options(self) -> dict[str, Any]:
         return {
@@ -75,12 +74,8 @@ class CacheStorageBackend(BaseTriggerStorage):
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        if self._held:
-            self._held += 1
-            try:
-                yield
-            finally:
-                self._held -= 1
+        if getattr(self._local, "held", False):  # re-entered by this thread
+            yield
             return
         cache = self.cache
         lock_key = f"{self.key}:lock"
@@ -95,11 +90,11 @@ class CacheStorageBackend(BaseTriggerStorage):
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
-        self._held = 1
+        self._local.held = True
         try:
             yield
         finally:
-            self._held = 0
+            self._local.held = False
             if cache.get(lock_key) == token:
                 cache.delete(lock_key)
 
