@@ -1,0 +1,868 @@
+"""PostgreSQL storage: the distributed, transactional backend.
+
+Every session lives in five tables (sessions, tasks, trigger index, instances,
+latest kwargs) with JSONB records. Each atomic step is one transaction on a
+pooled connection that first takes a transaction-scoped advisory lock on the
+session (``pg_advisory_xact_lock``), so steps on one session serialize across
+every process and machine while different sessions run in parallel. PostgreSQL
+releases the lock when the transaction ends, including when the client dies and
+its connection drops, so a crashed process never leaves a session locked.
+
+A step costs two network round trips in pipeline mode: ``BEGIN`` + lock + one
+read query for the slice, then every write + ``COMMIT``. A fire reads only the
+tasks using the trigger, their unstarted instances, the named instances and the
+latest kwargs of those tasks' triggers.
+
+Passwords never leave the process: :meth:`PostgresStorageBackend.options` (what
+task messages carry) and every error message use the DSN without its password;
+a worker gets the password from its own ``TRIGGERS_POSTGRES_DSN`` or
+``PGPASSWORD`` (or ``~/.pgpass``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from triggers.engine import SessionChanges, SessionSlice, Step
+from triggers.exceptions import StorageError, StorageUnavailableError
+from triggers.storages.base import BaseTriggerStorage, SessionData
+from triggers.storages.codec import decode_config, dumps, encode_instance
+from triggers.types import STATUS_UNSTARTED, TaskConfig, TaskInstance, task_name_of
+
+__all__ = ["PostgresStorageBackend", "DSN_ENV", "TABLES"]
+
+R = TypeVar("R")
+
+#: Environment variable holding the default DSN (and, on workers, the password).
+DSN_ENV = "TRIGGERS_POSTGRES_DSN"
+
+#: The tables of one schema, in the order they are created.
+TABLES = (
+    "trigger_sessions",
+    "trigger_tasks",
+    "trigger_index",
+    "trigger_instances",
+    "trigger_kwargs",
+)
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+#: SQLSTATEs after which a step is retried from scratch (nothing was committed).
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def _ddl(schema: str) -> str:
+    s = f'"{schema}"'
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.trigger_sessions (
+    uid text PRIMARY KEY,
+    created timestamptz NOT NULL DEFAULT now(),
+    modified timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {s}.trigger_tasks (
+    uid text NOT NULL,
+    name text NOT NULL,
+    config jsonb NOT NULL,
+    counter integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (uid, name)
+);
+CREATE TABLE IF NOT EXISTS {s}.trigger_index (
+    uid text NOT NULL,
+    trigger text NOT NULL,
+    task text NOT NULL,
+    PRIMARY KEY (uid, trigger, task)
+);
+CREATE TABLE IF NOT EXISTS {s}.trigger_instances (
+    uid text NOT NULL,
+    name text NOT NULL,
+    task text NOT NULL,
+    status text NOT NULL,
+    data jsonb NOT NULL,
+    PRIMARY KEY (uid, name)
+);
+CREATE INDEX IF NOT EXISTS trigger_instances_waiting
+    ON {s}.trigger_instances (uid, task, status);
+CREATE TABLE IF NOT EXISTS {s}.trigger_kwargs (
+    uid text NOT NULL,
+    trigger text NOT NULL,
+    kwargs jsonb NOT NULL,
+    PRIMARY KEY (uid, trigger)
+);
+"""
+
+
+class _Queries:
+    """The SQL of one schema (identifiers validated, then quoted)."""
+
+    def __init__(self, schema: str) -> None:
+        s = f'"{schema}"'
+        self.ddl = _ddl(schema)
+        self.lock_namespace = f"triggers:{schema}"
+        self.timeouts = (
+            "SELECT set_config('lock_timeout', %s, true), "
+            "set_config('statement_timeout', %s, true), "
+            "set_config('idle_in_transaction_session_timeout', %s, true)"
+        )
+        self.lock = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
+        self.try_lock = "pg_try_advisory_xact_lock(hashtext(%s), hashtext(uid))"
+        # One statement returns the whole slice: kind 0 tasks, 1 instances, 2 kwargs.
+        self.read_slice = f"""
+WITH firing AS MATERIALIZED (
+    SELECT DISTINCT task FROM {s}.trigger_index WHERE uid = %(uid)s AND trigger = ANY(%(triggers)s)
+)
+SELECT 0, t.name, t.config::text, t.counter, t.name IN (SELECT task FROM firing)
+  FROM {s}.trigger_tasks t
+ WHERE t.uid = %(uid)s AND (t.name IN (SELECT task FROM firing) OR t.name = ANY(%(wanted)s))
+UNION ALL
+SELECT 1, i.name, i.data::text, NULL, NULL
+  FROM {s}.trigger_instances i
+ WHERE i.uid = %(uid)s AND i.status = %(unstarted)s AND i.task IN (SELECT task FROM firing)
+UNION ALL
+SELECT 1, i.name, i.data::text, NULL, NULL
+  FROM {s}.trigger_instances i
+ WHERE i.uid = %(uid)s AND i.name = ANY(%(names)s)
+UNION ALL
+SELECT 2, k.trigger, k.kwargs::text, NULL, NULL
+  FROM {s}.trigger_kwargs k
+ WHERE k.uid = %(uid)s AND k.trigger IN (
+       SELECT x.trigger FROM {s}.trigger_index x
+        WHERE x.uid = %(uid)s AND x.task IN (SELECT task FROM firing))
+"""
+        self.read_session = f"""
+SELECT 0, name, config::text, counter FROM {s}.trigger_tasks WHERE uid = %(uid)s
+UNION ALL
+SELECT 1, name, data::text, NULL FROM {s}.trigger_instances WHERE uid = %(uid)s
+UNION ALL
+SELECT 2, trigger, kwargs::text, NULL FROM {s}.trigger_kwargs WHERE uid = %(uid)s
+"""
+        self.touch_session = (
+            f"INSERT INTO {s}.trigger_sessions (uid, created, modified) "
+            "VALUES (%s, now(), now()) "
+            "ON CONFLICT (uid) DO UPDATE SET modified = excluded.modified"
+        )
+        self.upsert_tasks = (
+            f"INSERT INTO {s}.trigger_tasks (uid, name, config) "
+            "SELECT %s, x.name, x.config::jsonb FROM unnest(%s::text[], %s::text[]) "
+            "AS x(name, config) "
+            "ON CONFLICT (uid, name) DO UPDATE SET config = excluded.config"
+        )
+        self.unindex_tasks = f"DELETE FROM {s}.trigger_index WHERE uid = %s AND task = ANY(%s)"
+        self.index_tasks = (
+            f"INSERT INTO {s}.trigger_index (uid, trigger, task) "
+            "SELECT %s, x.trigger, x.task FROM unnest(%s::text[], %s::text[]) AS x(trigger, task) "
+            "ON CONFLICT DO NOTHING"
+        )
+        self.set_counters = (
+            f"UPDATE {s}.trigger_tasks t SET counter = x.counter "
+            "FROM unnest(%s::text[], %s::int[]) AS x(name, counter) "
+            "WHERE t.uid = %s AND t.name = x.name"
+        )
+        self.upsert_instances = (
+            f"INSERT INTO {s}.trigger_instances (uid, name, task, status, data) "
+            "SELECT %s, x.name, x.task, x.status, x.data::jsonb "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+            "AS x(name, task, status, data) "
+            "ON CONFLICT (uid, name) DO UPDATE SET "
+            "task = excluded.task, status = excluded.status, data = excluded.data"
+        )
+        self.upsert_kwargs = (
+            f"INSERT INTO {s}.trigger_kwargs (uid, trigger, kwargs) "
+            "SELECT %s, x.trigger, x.kwargs::jsonb FROM unnest(%s::text[], %s::text[]) "
+            "AS x(trigger, kwargs) "
+            "ON CONFLICT (uid, trigger) DO UPDATE SET kwargs = excluded.kwargs"
+        )
+        self.delete_session = f"""
+WITH a AS (DELETE FROM {s}.trigger_tasks WHERE uid = %(uid)s),
+     b AS (DELETE FROM {s}.trigger_index WHERE uid = %(uid)s),
+     c AS (DELETE FROM {s}.trigger_instances WHERE uid = %(uid)s),
+     d AS (DELETE FROM {s}.trigger_kwargs WHERE uid = %(uid)s)
+DELETE FROM {s}.trigger_sessions WHERE uid = %(uid)s
+"""
+        self.list_sessions = f"SELECT uid FROM {s}.trigger_sessions ORDER BY uid"
+        self.lock_old_sessions = (
+            f"SELECT uid FROM {s}.trigger_sessions "
+            "WHERE modified < now() - make_interval(secs => %s) "
+            f"AND {self.try_lock} ORDER BY uid LIMIT %s"
+        )
+        self.delete_old_sessions = f"""
+WITH old AS (
+    DELETE FROM {s}.trigger_sessions
+     WHERE uid = ANY(%(uids)s) AND modified < now() - make_interval(secs => %(age)s)
+    RETURNING uid),
+     a AS (DELETE FROM {s}.trigger_tasks WHERE uid IN (SELECT uid FROM old)),
+     b AS (DELETE FROM {s}.trigger_index WHERE uid IN (SELECT uid FROM old)),
+     c AS (DELETE FROM {s}.trigger_instances WHERE uid IN (SELECT uid FROM old)),
+     d AS (DELETE FROM {s}.trigger_kwargs WHERE uid IN (SELECT uid FROM old))
+SELECT count(*) FROM old
+"""
+
+
+# ----------------------------------------------------------------------------
+# DSNs and passwords
+# ----------------------------------------------------------------------------
+def default_dsn() -> str:
+    """``$TRIGGERS_POSTGRES_DSN``, or ``""`` (libpq defaults: ``PGHOST``, ``PGUSER``...)."""
+    return os.environ.get(DSN_ENV, "")
+
+
+def _parse_dsn(dsn: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        # libpq's message may quote parts of the DSN (the password among them).
+        raise ValueError(
+            "invalid PostgreSQL DSN: expected a URI like "
+            "'postgresql://user@host:5432/dbname' or 'key=value' pairs "
+            "(the DSN is not shown because it may contain a password)"
+        ) from None
+
+
+def strip_password(dsn: str) -> str:
+    """``dsn`` without its password (URI user info, ``password`` query or key)."""
+    if re.match(r"^postgres(ql)?://", dsn):
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, hosts = netloc.rsplit("@", 1)
+            netloc = f"{userinfo.split(':', 1)[0]}@{hosts}"
+        query = urlencode(
+            [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"]
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    params = _parse_dsn(dsn)
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+def _describe(params: Mapping[str, Any]) -> str:
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default database)"
+    return f"{host}:{port}/{dbname}"
+
+
+def _identity(params: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        str(params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "")),
+        str(params.get("port") or os.environ.get("PGPORT", "5432")),
+        str(params.get("dbname") or os.environ.get("PGDATABASE", "")),
+        str(params.get("user") or os.environ.get("PGUSER", "")),
+    )
+
+
+def _password_for(params: Mapping[str, Any]) -> str | None:
+    """The password for ``params``: its own, else ``$TRIGGERS_POSTGRES_DSN``'s for the same server.
+
+    Returning None lets libpq use ``PGPASSWORD`` or ``~/.pgpass``.
+    """
+    if params.get("password"):
+        return str(params["password"])
+    env = os.environ.get(DSN_ENV)
+    if not env:
+        return None
+    try:
+        env_params = _parse_dsn(env)
+    except ValueError:
+        return None
+    if env_params.get("password") and _identity(env_params) == _identity(params):
+        return str(env_params["password"])
+    return None
+
+
+# ----------------------------------------------------------------------------
+# Connection pools: one per (process, connection target); never shared across fork
+# ----------------------------------------------------------------------------
+class _Pool:
+    """A psycopg pool plus what error reporting needs (no secret in its text)."""
+
+    def __init__(self, conninfo: str, password: str | None, public: str, size: int,
+                 connect_timeout: float) -> None:
+        self.public = public
+        self.password = password
+        self.last_error: str | None = None
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(2, int(round(connect_timeout))),
+        }
+        if password is not None:
+            kwargs["password"] = password
+        pool_ref = self
+
+        class _Connection(psycopg.Connection[Any]):
+            @classmethod
+            def connect(cls, conninfo: str = "", **kw: Any) -> Any:
+                try:
+                    conn = super().connect(conninfo, **kw)
+                except Exception as exc:
+                    pool_ref.last_error = pool_ref.scrub(str(exc).strip())
+                    raise
+                pool_ref.last_error = None
+                return conn
+
+        self.pool: ConnectionPool[Any] = ConnectionPool(
+            conninfo,
+            connection_class=_Connection,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=max(1, size),
+            open=True,
+            name=f"triggers-postgres-{public}",
+            timeout=connect_timeout,
+            reconnect_timeout=max(60.0, connect_timeout),
+        )
+
+    def scrub(self, text: str) -> str:
+        if self.password:
+            text = text.replace(self.password, "***")
+        return text
+
+
+_pools: dict[tuple[int, str, str | None], _Pool] = {}
+_pools_lock = threading.Lock()
+_schema_ready: set[tuple[int, str, str | None, str]] = set()
+
+
+def _close_own_pools() -> None:
+    """Close the pools this process opened (inherited ones belong to the parent)."""
+    pid = os.getpid()
+    with _pools_lock:
+        mine = [key for key in _pools if key[0] == pid]
+        pools = [_pools.pop(key) for key in mine]
+    for entry in pools:
+        try:
+            entry.pool.close(timeout=1.0)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+atexit.register(_close_own_pools)
+
+
+class _Database:
+    """Where one storage's sessions live: connection target, schema, timeouts."""
+
+    def __init__(
+        self,
+        dsn: str | None,
+        schema: str,
+        connect_timeout: float,
+        timeout: float,
+        idle_timeout: float,
+        pool_size: int,
+    ) -> None:
+        if dsn is None:
+            dsn = default_dsn()
+        if not isinstance(dsn, str):
+            raise ValueError(f"PostgreSQL DSN must be a string, got {type(dsn).__name__}")
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+            raise ValueError(
+                f"PostgreSQL schema must be an identifier (letters, digits, underscores, "
+                f"not starting with a digit, at most 63 characters), got {schema!r}"
+            )
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("timeout", timeout),
+            ("idle_timeout", idle_timeout),
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"PostgreSQL {name} must be a positive number of seconds, "
+                                 f"got {value!r}")
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"PostgreSQL pool_size must be a positive integer, got {pool_size!r}")
+        params = _parse_dsn(dsn)
+        self.password = _password_for(params)
+        self.public_dsn = strip_password(dsn)
+        self.target = _describe(params)
+        self.schema = schema
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self.idle_timeout = float(idle_timeout)
+        self.pool_size = pool_size
+        self.sql = _Queries(schema)
+        self._timeout_params = (
+            f"{int(self.timeout * 1000)}ms",
+            f"{int(self.timeout * 1000)}ms",
+            f"{int(self.idle_timeout * 1000)}ms",
+        )
+
+    # --- pools --------------------------------------------------------------
+    def pool(self) -> _Pool:
+        key = (os.getpid(), self.public_dsn, self.password)
+        entry = _pools.get(key)
+        if entry is None:
+            with _pools_lock:
+                entry = _pools.get(key)
+                if entry is None:
+                    entry = _Pool(self.public_dsn, self.password, self.target, self.pool_size,
+                                  self.connect_timeout)
+                    _pools[key] = entry
+        return entry
+
+    def getconn(self, what: str) -> tuple[_Pool, psycopg.Connection[Any]]:
+        """A pooled connection; :class:`StorageUnavailableError` within ``connect_timeout``."""
+        entry = self.pool()
+        try:
+            return entry, entry.pool.getconn(timeout=self.connect_timeout)
+        except PoolTimeout:
+            stats = entry.pool.get_stats()
+            if stats.get("pool_size", 0) and entry.last_error is None:
+                reason = (f"all {stats.get('pool_size')} pooled connections stayed busy "
+                          f"(pool_size={self.pool_size})")
+            else:
+                reason = entry.last_error or "no connection could be established"
+            raise StorageUnavailableError(
+                f"{what}: PostgreSQL at {self.target} is unavailable: no connection within "
+                f"{self.connect_timeout:g}s ({reason})"
+            ) from None
+
+    def scrub(self, text: str) -> str:
+        if self.password:
+            text = text.replace(self.password, "***")
+        return text
+
+    # --- schema ---------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create the schema and tables if missing (idempotent, safe concurrently)."""
+        entry, conn = self.getconn(f"creating schema {self.schema!r}")
+        try:
+            with conn.transaction():
+                conn.execute(self.sql.lock, (self.sql.lock_namespace, "-schema-"))
+                conn.execute(self.sql.ddl.encode())
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"cannot create the triggers schema {self.schema!r} in PostgreSQL at "
+                f"{self.target}: {self.scrub(str(exc).strip())}"
+            ) from None
+        finally:
+            entry.pool.putconn(conn)
+        _schema_ready.add((os.getpid(), self.public_dsn, self.password, self.schema))
+
+    def ensure_schema(self) -> None:
+        if (os.getpid(), self.public_dsn, self.password, self.schema) not in _schema_ready:
+            self.create_schema()
+
+    def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], R]) -> R:
+        """Run ``fn`` on a pooled autocommit connection, translating errors."""
+        for attempt in range(3):
+            entry, conn = self.getconn(what)
+            try:
+                return fn(conn)
+            except psycopg.Error as exc:
+                if conn.broken and attempt < 2:
+                    entry.pool.check()
+                    continue
+                raise _translate(self, exc, what, self.timeout) from None
+            finally:
+                entry.pool.putconn(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Retry(StorageError):
+    """A step failed in a way that guarantees nothing was committed; run it again."""
+
+
+class _TxState(threading.local):
+    conn: psycopg.Connection[Any] | None = None
+    synced: bool = False
+    committing: bool = False
+
+
+def _translate(
+    db: _Database, exc: psycopg.Error, what: str, timeout: float, committing: bool = False
+) -> StorageError:
+    """A clear :class:`StorageError` for ``exc`` (password scrubbed)."""
+    detail = db.scrub(str(exc).strip()) or type(exc).__name__
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return StorageUnavailableError(
+            f"{what}: waited more than {timeout:g}s for the session lock held by another "
+            f"step (lock_timeout); nothing was written"
+        )
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return StorageError(
+            f"{what}: a statement ran longer than {timeout:g}s (statement_timeout) and was "
+            f"cancelled; nothing was written"
+        )
+    if isinstance(exc, pg_errors.UntranslatableCharacter):
+        return StorageError(
+            f"{what}: PostgreSQL jsonb cannot store this value ({detail}); "
+            "the NUL character \\u0000 is not allowed in stored kwargs or metadata"
+        )
+    if committing and (exc.sqlstate is None or isinstance(exc, psycopg.OperationalError)):
+        return StorageError(
+            f"{what}: the connection to PostgreSQL at {db.target} was lost while committing; "
+            f"the step may or may not have been applied ({detail})"
+        )
+    if exc.sqlstate is None or isinstance(exc, psycopg.OperationalError):
+        return StorageUnavailableError(
+            f"{what}: PostgreSQL at {db.target} failed: {detail}"
+        )
+    return StorageError(f"{what}: PostgreSQL error {exc.sqlstate}: {detail}")
+
+
+class PostgresStorageBackend(BaseTriggerStorage):
+    """Sessions in PostgreSQL, safe across threads, processes and machines.
+
+    :param uid: the session uid.
+    :param dsn: libpq connection string or URI (default ``$TRIGGERS_POSTGRES_DSN``,
+        else libpq's own defaults ``PGHOST``/``PGUSER``/...). A password in it is
+        used to connect but never appears in :meth:`options` or error messages.
+    :param schema: PostgreSQL schema holding the tables (created if missing).
+    :param connect_timeout: seconds to get a connection before
+        :class:`StorageUnavailableError`.
+    :param timeout: ``lock_timeout`` and ``statement_timeout`` of every step, in
+        seconds: a step never waits longer for another step's session lock.
+    :param idle_timeout: ``idle_in_transaction_session_timeout``: the server ends a
+        connection that holds a session (e.g. in ``acquire_lock()``) without
+        talking to it for that long, so even a frozen process releases it.
+    :param pool_size: most connections the per-process pool opens for this DSN.
+    :param auto_create_schema: run :meth:`create_schema` once per process on
+        first use (set False when the schema is managed by migrations).
+    """
+
+    #: Attempts for a step that failed without committing (deadlock, serialization
+    #: failure, connection lost before COMMIT).
+    max_transaction_attempts = 5
+
+    def __init__(
+        self,
+        uid: str,
+        dsn: str | None = None,
+        schema: str = "public",
+        connect_timeout: float = 5.0,
+        timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        pool_size: int = 10,
+        auto_create_schema: bool = True,
+    ) -> None:
+        super().__init__(uid)
+        self._db = _Database(dsn, schema, connect_timeout, timeout, idle_timeout, pool_size)
+        self.auto_create_schema = bool(auto_create_schema)
+        self._tx = _TxState()
+
+    # --- public description -------------------------------------------------
+    @property
+    def dsn(self) -> str:
+        """The DSN without its password."""
+        return self._db.public_dsn
+
+    @property
+    def schema(self) -> str:
+        return self._db.schema
+
+    def options(self) -> dict[str, Any]:
+        """Non-secret options to rebuild this storage (the DSN has no password)."""
+        db = self._db
+        return {
+            "dsn": db.public_dsn,
+            "schema": db.schema,
+            "connect_timeout": db.connect_timeout,
+            "timeout": db.timeout,
+            "idle_timeout": db.idle_timeout,
+            "pool_size": db.pool_size,
+            "auto_create_schema": self.auto_create_schema,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} uid={self.uid!r} at {self._db.target} "
+            f"schema={self.schema!r}>"
+        )
+
+    # --- schema ----------------------------------------------------------------
+    @classmethod
+    def create_schema(cls, dsn: str | None = None, schema: str = "public",
+                      **options: Any) -> None:
+        """Create the schema and its tables if they do not exist (idempotent).
+
+        Safe to run concurrently from several processes. ``options`` are the
+        constructor's (``connect_timeout``...).
+        """
+        cls._database(dsn, schema, options).create_schema()
+
+    @classmethod
+    def _database(cls, dsn: str | None, schema: str, options: Mapping[str, Any]) -> _Database:
+        return _Database(
+            dsn,
+            schema,
+            float(options.get("connect_timeout", 5.0)),
+            float(options.get("timeout", 30.0)),
+            float(options.get("idle_timeout", 60.0)),
+            int(options.get("pool_size", 10)),
+        )
+
+    @classmethod
+    def close_pools(cls) -> None:
+        """Close this process's connection pools (they reopen on next use)."""
+        _close_own_pools()
+
+    # --- the atomic step ---------------------------------------------------------
+    def run_step(
+        self,
+        plan: Callable[[Step], R],
+        triggers: Any = (),
+        instance_names: Any = (),
+    ) -> tuple[R, Step]:
+        """Run ``plan`` in one transaction holding the session lock (see the base class).
+
+        A step that fails before its COMMIT was sent (deadlock, serialization
+        failure, connection lost) is retried from scratch, at most
+        :attr:`max_transaction_attempts` times.
+        """
+        last: _Retry | None = None
+        for attempt in range(self.max_transaction_attempts):
+            try:
+                return super().run_step(plan, triggers, instance_names)
+            except _Retry as exc:
+                last = exc
+                time.sleep(min(0.5, 0.01 * 2**attempt))
+        raise StorageError(
+            f"session {self.uid!r}: gave up after {self.max_transaction_attempts} attempts "
+            f"({last})"
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        tx = self._tx
+        if tx.conn is not None:  # nested (e.g. delete_session() inside acquire_lock())
+            yield
+            return
+        db = self._db
+        what = f"session {self.uid!r}"
+        if self.auto_create_schema:
+            db.ensure_schema()
+        entry, conn = db.getconn(what)
+        tx.conn, tx.synced, tx.committing = conn, False, False
+        try:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(db.sql.timeouts, db._timeout_params)
+                conn.execute(db.sql.lock, (db.sql.lock_namespace, self.uid))
+                yield
+                if not tx.synced:
+                    # Make sure the lock was granted before COMMIT is on the wire,
+                    # so a stale connection fails while retrying is still safe.
+                    self._sync(conn)
+                tx.committing = True
+        except psycopg.Error as exc:
+            broken = conn.broken or conn.closed
+            if broken and not tx.committing:
+                entry.pool.check()
+                raise _Retry(f"{what}: connection lost before commit: "
+                             f"{db.scrub(str(exc).strip())}") from None
+            if exc.sqlstate in _RETRYABLE_SQLSTATES:
+                raise _Retry(f"{what}: {db.scrub(str(exc).strip())}") from None
+            raise _translate(db, exc, what, db.timeout, tx.committing) from None
+        finally:
+            tx.conn, tx.synced, tx.committing = None, False, False
+            entry.pool.putconn(conn)
+
+    def _sync(self, conn: psycopg.Connection[Any]) -> None:
+        pipeline = conn._pipeline
+        if pipeline is not None:
+            pipeline.sync()
+        self._tx.synced = True
+
+    @contextmanager
+    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor on the step's connection, or on a pooled one outside a step."""
+        conn = self._tx.conn
+        if conn is not None:
+            with conn.cursor() as cur:
+                yield cur
+            return
+        db = self._db
+        if self.auto_create_schema:
+            db.ensure_schema()
+        what = f"session {self.uid!r}"
+        entry, conn = db.getconn(what)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise _translate(db, exc, what, db.timeout) from None
+        finally:
+            entry.pool.putconn(conn)
+
+    # --- reads -------------------------------------------------------------------
+    def _read_slice(self, triggers: frozenset[str], instance_names: frozenset[str]) -> SessionSlice:
+        conn = self._tx.conn
+        if conn is None:  # pragma: no cover - the base class always opens a step first
+            raise RuntimeError("_read_slice must run inside _transaction()")
+        if not triggers and not instance_names:
+            return SessionSlice()
+        wanted = sorted({task_name_of(n) for n in instance_names})
+        cur = conn.execute(
+            self._db.sql.read_slice,
+            {
+                "uid": self.uid,
+                "triggers": sorted(triggers),
+                "names": sorted(instance_names),
+                "wanted": wanted,
+                "unstarted": STATUS_UNSTARTED,
+            },
+        )
+        rows = cur.fetchall()
+        self._tx.synced = True
+        configs: dict[str, TaskConfig] = {}
+        counters: dict[str, int] = {}
+        firing: list[str] = []
+        raw_instances: list[str] = []
+        latest: dict[str, Any] = {}
+        loads = json.loads
+        for kind, name, text, counter, is_firing in rows:
+            if kind == 0:
+                configs[name] = decode_config(name, text)
+                counters[name] = counter
+                if is_firing:
+                    firing.append(name)
+            elif kind == 1:
+                raw_instances.append(text)
+            else:
+                latest[name] = loads(text)
+        instances: dict[str, TaskInstance] = {}
+        for text in raw_instances:
+            data = loads(text)
+            config = configs.get(data["task"])
+            if config is not None:
+                instances[data["name"]] = TaskInstance.from_dict(data, config)
+        return SessionSlice(configs, instances, latest, counters)
+
+    def _read_session(self) -> SessionData:
+        data = SessionData()
+        loads = json.loads
+        with self._cursor() as cur:
+            cur.execute(self._db.sql.read_session, {"uid": self.uid})
+            rows = cur.fetchall()
+        self._tx.synced = self._tx.conn is not None
+        for kind, name, text, counter in rows:
+            if kind == 0:
+                data.tasks[name] = loads(text)
+                data.counters[name] = counter
+            elif kind == 1:
+                data.instances[name] = loads(text)
+            else:
+                data.latest_kwargs[name] = loads(text)
+        return data
+
+    # --- writes ------------------------------------------------------------------
+    def _write_changes(self, slice_: SessionSlice, changes: SessionChanges) -> None:
+        conn = self._tx.conn
+        if conn is None:  # pragma: no cover - the base class always opens a step first
+            raise RuntimeError("_write_changes must run inside _transaction()")
+        sql = self._db.sql
+        uid = self.uid
+        conn.execute(sql.touch_session, (uid,))
+        if changes.tasks:
+            names = list(changes.tasks)
+            conn.execute(
+                sql.upsert_tasks,
+                (uid, names, [dumps(changes.tasks[n].to_dict()) for n in names]),
+            )
+            conn.execute(sql.unindex_tasks, (uid, names))
+            pairs = [(t, n) for n in names for t in sorted(changes.tasks[n].triggers)]
+            if pairs:
+                conn.execute(
+                    sql.index_tasks, (uid, [p[0] for p in pairs], [p[1] for p in pairs])
+                )
+        if changes.counters:
+            names = list(changes.counters)
+            conn.execute(sql.set_counters, (names, [changes.counters[n] for n in names], uid))
+        if changes.instances:
+            items = list(changes.instances.values())
+            conn.execute(
+                sql.upsert_instances,
+                (
+                    uid,
+                    [i.name for i in items],
+                    [i.config.name for i in items],
+                    [i.status for i in items],
+                    [encode_instance(i) for i in items],
+                ),
+            )
+        if changes.latest_kwargs:
+            triggers = list(changes.latest_kwargs)
+            conn.execute(
+                sql.upsert_kwargs,
+                (uid, triggers, [dumps(changes.latest_kwargs[t]) for t in triggers]),
+            )
+
+    # --- lifecycle -----------------------------------------------------------------
+    @classmethod
+    def list_sessions(cls, dsn: str | None = None, schema: str = "public",
+                      **options: Any) -> list[str]:
+        """The uids of every stored session, sorted."""
+        db = cls._database(dsn, schema, options)
+        if options.get("auto_create_schema", True):
+            db.ensure_schema()
+        return db.run(
+            "listing sessions",
+            lambda conn: [r[0] for r in conn.execute(db.sql.list_sessions).fetchall()],
+        )
+
+    def delete_session(self) -> None:
+        """Remove every record of this session (waits for a step in progress)."""
+        def delete() -> None:
+            assert self._tx.conn is not None
+            self._tx.conn.execute(self._db.sql.delete_session, {"uid": self.uid})
+
+        for attempt in range(self.max_transaction_attempts):
+            try:
+                with self._transaction():
+                    delete()
+                break
+            except _Retry:
+                if attempt == self.max_transaction_attempts - 1:
+                    raise
+        self.invalidate_cache()
+
+    @classmethod
+    def purge(cls, older_than: float, dsn: str | None = None, schema: str = "public",
+              batch_size: int = 500, **options: Any) -> int:
+        """Delete sessions not modified for ``older_than`` seconds; returns how many.
+
+        A session that a step holds right now is skipped (it is in use).
+        """
+        if (not isinstance(older_than, (int, float)) or isinstance(older_than, bool)
+                or older_than < 0):
+            raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        db = cls._database(dsn, schema, options)
+        if options.get("auto_create_schema", True):
+            db.ensure_schema()
+        sql = db.sql
+
+        def purge_batch(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+            with conn.transaction():
+                conn.execute(db.sql.timeouts, db._timeout_params)
+                uids = [
+                    r[0]
+                    for r in conn.execute(
+                        sql.lock_old_sessions, (float(older_than), sql.lock_namespace, batch_size)
+                    ).fetchall()
+                ]
+                if not uids:
+                    return 0, 0
+                row = conn.execute(
+                    sql.delete_old_sessions, {"uids": uids, "age": float(older_than)}
+                ).fetchone()
+                return len(uids), int(row[0]) if row else 0
+
+        total = 0
+        while True:
+            locked, deleted = db.run("purging sessions", purge_batch)
+            total += deleted
+            if locked < batch_size:
+                return total
