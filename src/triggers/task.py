@@ -134,8 +134,17 @@ def _is_pydantic_model(obj: Any) -> bool:
 
 
 def filter_kwargs(kwargs: Mapping[str, Any], filters: Any) -> dict[str, Any]:
+    """Validate and convert ``kwargs`` (see :meth:`TaskContext.filter_kwargs`).
+
+    Raises a plain ``ValueError`` whose message lists every problem as
+    ``<trigger>.<key>: <message>``; its ``context`` (see ``with_context``) holds
+    the problems as data under ``filter_errors``.
+    """
     if _is_pydantic_model(filters):
-        return _validate_pydantic(filters, kwargs, None)
+        try:
+            return _validate_pydantic(filters, kwargs, None)
+        except _InvalidKwargs as exc:
+            raise exc.as_value_error() from None
     if isinstance(filters, Mapping) and all(_is_pydantic_model(v) for v in filters.values()):
         problems: list[str] = []
         cleaned: dict[str, Any] = {}
@@ -145,7 +154,7 @@ def filter_kwargs(kwargs: Mapping[str, Any], filters: Any) -> dict[str, Any]:
             except _InvalidKwargs as exc:
                 problems += exc.problems
         if problems:
-            raise _InvalidKwargs(problems)
+            raise _InvalidKwargs(problems).as_value_error()
         return cleaned
     try:
         import filters as f
@@ -188,12 +197,18 @@ def _filters_form(spec: Any) -> Any:
     return spec
 
 
-class _InvalidKwargs(ValueError):
-    """``ValueError`` listing every invalid trigger kwarg (``problems``)."""
+class _InvalidKwargs(Exception):
+    """Internal: the problems found by one pydantic validation."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid trigger kwargs: " + "; ".join(problems))
+        super().__init__(problems)
         self.problems = problems
+
+    def as_value_error(self) -> ValueError:
+        return with_context(
+            ValueError("invalid trigger kwargs: " + "; ".join(self.problems)),
+            {"filter_errors": list(self.problems)},
+        )
 
 
 def _validate_pydantic(model: Any, data: Any, trigger: str | None) -> dict[str, Any]:
