@@ -20,9 +20,9 @@ import uuid
 from collections import Counter
 
 import pytest
+
 import stress_support
 from conftest import backend_options, prepare_backend
-
 from triggers.storages import storage_backends
 
 SESSIONS = int(os.environ.get("TRIGGERS_STRESS_SESSIONS", "12"))
