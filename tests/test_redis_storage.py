@@ -1,0 +1,495 @@
+"""What is specific to the Redis backend (the shared contract suite covers the rest).
+
+Runs against the Redis of ``TRIGGERS_TEST_REDIS_URL`` (db 15 by default) and, for
+outage and authentication tests, against private ``redis-server`` processes this
+module starts on free loopback ports in temporary directories (never the
+machine's main Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REDIS_URL, prepare_backend
+from triggers import TriggerManager
+from triggers.config import parse_task
+from triggers.exceptions import StorageConflictError, StorageUnavailableError
+from triggers.runners.base import build_message
+from triggers.runners.threading import ThreadingTaskRunner
+from triggers.storages import storage_backends
+from triggers.testing import threading_runner
+from triggers.types import TaskInstance
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+redis_mod = pytest.importorskip("redis")
+RedisStorageBackend = pytest.importorskip(
+    "triggers.storages.redis", reason="Redis backend not installed"
+).RedisStorageBackend
+
+DEVNULL = "triggers.testing.DevNullTask"
+PASS = "triggers.testing.PassThruTask"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True)
+def _redis_available() -> None:
+    prepare_backend("redis")
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of its own for each test; its keys are removed afterwards."""
+    name = f"triggers-redis-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis_mod.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=name + ":*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def make(uid: str | None = None, prefix: str = "triggers-test", **options: Any) -> Any:
+    return RedisStorageBackend(uid or f"test-{uuid.uuid4().hex}", url=REDIS_URL, prefix=prefix,
+                               **options)
+
+
+@pytest.fixture
+def raw() -> Iterator[Any]:
+    client = redis_mod.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+# ---------------------------------------------------------------------------
+# Options, validation, secrets
+# ---------------------------------------------------------------------------
+def test_options_never_contain_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRIGGERS_REDIS_URL", raising=False)
+    monkeypatch.setenv("TRIGGERS_REDIS_PASSWORD", "from-env-secret")
+    storage = RedisStorageBackend(
+        "s1", url="rediss://alice:hunter2@redis.example:6380/3?password=other-secret&ssl_cert_reqs=none",
+        prefix="app", ttl=60,
+    )
+    options = storage.options()
+    text = json.dumps(options)
+    for secret in ("hunter2", "other-secret", "from-env-secret"):
+        assert secret not in text
+        assert secret not in repr(storage)
+    assert options["url"] == "rediss://alice@redis.example:6380/3?ssl_cert_reqs=none"
+    assert options["prefix"] == "app" and options["ttl"] == 60
+    # A worker rebuilds the same storage from the options alone.
+    rebuilt = storage_backends.get("redis", "s1", **options)
+    assert rebuilt.options() == options and rebuilt.keys == storage.keys
+
+
+def test_task_message_carries_no_password() -> None:
+    url = "redis://:not-a-real-password@127.0.0.1:6379/15"
+    manager = TriggerManager(RedisStorageBackend("s-msg", url=url))
+    config = parse_task("t_a", {"after": ["a"], "run": DEVNULL})
+    message = build_message(manager, TaskInstance("t_a#0", config, "scheduled"))
+    assert "not-a-real-password" not in json.dumps(message)
+    assert message["storage"] == "redis" and message["storage_options"]["url"] == url.replace(
+        ":not-a-real-password@", ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"url": "http://:pw-secret@127.0.0.1:6379/0"}, "expected one of redis://"),
+        ({"prefix": "a{b}"}, "must not contain"),
+        ({"prefix": ""}, "non-empty string"),
+        ({"ttl": 0}, "'ttl' must be a positive whole number"),
+        ({"ttl": 1.5}, "'ttl' must be a positive whole number"),
+        ({"connect_timeout": -1}, "'connect_timeout' must be a positive number"),
+    ],
+)
+def test_bad_options_are_rejected_clearly(options: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        RedisStorageBackend("s", **options)
+    assert fragment in str(info.value)
+    assert "pw-secret" not in str(info.value)
+
+
+def test_default_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIGGERS_REDIS_URL", "redis://:env-secret@127.0.0.1:6390/4")
+    storage = RedisStorageBackend("s")
+    assert storage.options()["url"] == "redis://127.0.0.1:6390/4"
+    monkeypatch.delenv("TRIGGERS_REDIS_URL")
+    assert RedisStorageBackend("s").options()["url"] == "redis://127.0.0.1:6379/0"
+
+
+def test_one_pool_per_process_and_server() -> None:
+    a, b = make(), make()
+    assert a._conn is b._conn
+    assert make(connect_timeout=1.0)._conn is not a._conn
+
+
+def test_forked_child_uses_its_own_connections(prefix: str) -> None:
+    import multiprocessing as mp
+
+    storage = make("fork", prefix=prefix)
+    TriggerManager(storage).fire("before-fork", {})
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=_fire_in_child, args=(prefix, os.getpid()))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    storage.invalidate_cache()
+    assert set(storage.latest_kwargs) == {"before-fork", "in-child"}
+
+
+def _fire_in_child(prefix: str, parent_pid: int) -> None:
+    storage = make("fork", prefix=prefix)
+    assert os.getpid() != parent_pid
+    TriggerManager(storage).fire("in-child", {})
+
+
+# ---------------------------------------------------------------------------
+# Data layout
+# ---------------------------------------------------------------------------
+def test_data_is_json_in_hashes_sharing_one_hash_tag(raw: Any, prefix: str) -> None:
+    storage = make("layout:1", prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration(
+        {"t_a": {"after": ["a", "b"], "unless": ["u"], "run": DEVNULL}}
+    )
+    manager.fire("a", {"n": 1})
+    keys = sorted(raw.scan_iter(match=prefix + ":*"))
+    assert keys == sorted(storage.keys[i] for i in (0, 1, 2, 3, 4, 5, 6, 7))
+    assert all("{layout:1}" in key and raw.type(key) == "hash" for key in keys)
+    meta, tasks, tasktriggers, index, instances, unstarted, kwargs, counters = storage.keys
+    assert json.loads(raw.hget(tasks, "t_a")) == {
+        "after": ["a", "b"], "run": DEVNULL, "unless": ["u"]
+    }
+    assert json.loads(raw.hget(tasktriggers, "t_a")) == ["a", "b", "u"]
+    assert {t: json.loads(v) for t, v in raw.hgetall(index).items()} == {
+        "a": ["t_a"], "b": ["t_a"], "u": ["t_a"]
+    }
+    instance = json.loads(raw.hget(instances, "t_a#0"))
+    assert instance["status"] == "unstarted" and instance["kwargs"] == {"a": {"n": 1}}
+    assert json.loads(raw.hget(unstarted, "t_a")) == ["t_a#0"]
+    assert json.loads(raw.hget(kwargs, "a")) == {"n": 1}
+    assert raw.hget(counters, "t_a") == "1"
+    assert int(raw.hget(meta, "version")) == storage._read_session().version > 0
+
+    # Moving out of unstarted updates the per-task list; reconfiguring the index.
+    manager.update_instance_status("t_a#0", "failed")
+    assert raw.hget(unstarted, "t_a") is None
+    manager.update_configuration({"t_a": {"after": ["c"], "run": DEVNULL}})
+    assert {t: json.loads(v) for t, v in raw.hgetall(index).items()} == {"c": ["t_a"]}
+
+
+def test_a_fire_reads_only_what_it_touches(prefix: str) -> None:
+    storage = make("big", prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration(
+        {
+            "t_row": {"after": ["sheet"], "andEvery": "row", "run": DEVNULL},
+            "t_other": {"after": ["x", "y"], "run": DEVNULL},
+        }
+    )
+    manager.fire("x", {"big": "z" * 1000})  # an unrelated unstarted instance
+    with storage.acquire_lock():
+        for n in range(2000):
+            storage.create_instance("t_row", kwargs={"row": {"n": n}}, status="finished")
+        storage.create_instance("t_row", kwargs={"row": {"n": 2000}})  # waits for "sheet"
+        storage.save()
+    assert len(storage) == 2002
+
+    slice_ = storage._read_slice(frozenset({"row"}), frozenset())
+    assert set(slice_.tasks) == {"t_row"}
+    assert set(slice_.instances) == {"t_row#2000"}
+    assert slice_.counters == {"t_row": 2001}
+    assert slice_.latest_kwargs == {}
+
+    slice_ = storage._read_slice(frozenset({"sheet"}), frozenset({"t_row#7"}))
+    assert set(slice_.instances) == {"t_row#2000", "t_row#7"}
+
+    with threading_runner():
+        scheduled = manager.fire("sheet", {"s": 1})
+        ThreadingTaskRunner.join_all(timeout=30)
+    assert [i.name for i in scheduled] == ["t_row#2000"]
+    storage.invalidate_cache()
+    assert storage["t_row#2000"].status == "finished"
+    assert storage["t_other#0"].status == "unstarted"
+
+
+# ---------------------------------------------------------------------------
+# TTL and lifecycle
+# ---------------------------------------------------------------------------
+def test_ttl_is_applied_to_every_key_and_refreshed(raw: Any, prefix: str) -> None:
+    storage = make("ttl", prefix=prefix, ttl=300)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEVNULL}})
+    manager.fire("a", {})
+    present = [k for k in storage.keys if raw.exists(k)]
+    assert len(present) == 8
+    for key in present:
+        assert 0 < raw.ttl(key) <= 300
+    raw.expire(storage.keys[0], 5)  # as if time had passed
+    manager.fire("c", {})
+    assert raw.ttl(storage.keys[0]) > 5  # every write refreshes it
+    assert 0 < storage.ttl_remaining() <= 300
+
+    # A writer without ttl makes the session permanent again.
+    TriggerManager(make("ttl", prefix=prefix)).fire("d", {})
+    assert all(raw.ttl(k) == -1 for k in present)
+    assert storage.ttl_remaining() is None
+
+
+def test_list_delete_and_purge_sessions(raw: Any, prefix: str) -> None:
+    uids = ["s-1", "s:2", "s*3?[x]"]
+    for uid in uids:
+        TriggerManager(make(uid, prefix=prefix)).fire("a", {"uid": uid})
+    other = make("elsewhere", prefix=prefix + "-other")
+    TriggerManager(other).fire("a", {})
+    try:
+        assert RedisStorageBackend.list_sessions(url=REDIS_URL, prefix=prefix) == sorted(uids)
+
+        make("s:2", prefix=prefix).delete_session()
+        assert RedisStorageBackend.list_sessions(url=REDIS_URL, prefix=prefix) == ["s*3?[x]", "s-1"]
+        assert not any(raw.exists(k) for k in make("s:2", prefix=prefix).keys)
+
+        assert RedisStorageBackend.purge(3600, url=REDIS_URL, prefix=prefix) == 0
+        time.sleep(0.01)
+        TriggerManager(make("fresh", prefix=prefix)).fire("a", {})
+        meta = make("fresh", prefix=prefix).keys[0]
+        raw.hset(meta, "modified", time.time() + 3600)  # looks written in the future
+        assert RedisStorageBackend.purge(0, url=REDIS_URL, prefix=prefix) == 2
+        assert RedisStorageBackend.list_sessions(url=REDIS_URL, prefix=prefix) == ["fresh"]
+        assert RedisStorageBackend.list_sessions(url=REDIS_URL, prefix=prefix + "-other") == [
+            "elsewhere"
+        ]
+    finally:
+        other.delete_session()
+    with pytest.raises(ValueError, match="older_than"):
+        RedisStorageBackend.purge(-1, url=REDIS_URL, prefix=prefix)
+
+
+# ---------------------------------------------------------------------------
+# Atomicity
+# ---------------------------------------------------------------------------
+def test_acquire_lock_save_conflicts_with_a_concurrent_change(prefix: str) -> None:
+    storage = make("lock", prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEVNULL}})
+    with storage.acquire_lock():
+        storage.create_instance("t_a", kwargs={"a": {}})
+        storage.save()
+        storage.create_instance("t_a", kwargs={"a": {}})
+        storage.save()  # a second save in the same lock compares with the first
+        TriggerManager(make("lock", prefix=prefix)).fire("z", {})  # someone else writes
+        storage.create_instance("t_a")
+        with pytest.raises(StorageConflictError, match="nothing was saved"):
+            storage.save()
+    storage.invalidate_cache()
+    assert sorted(i.name for i in storage) == ["t_a#0", "t_a#1"]
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {src!r})
+    from triggers import TriggerManager
+    from triggers.storages.redis import RedisStorageBackend
+
+    class CrashingStorage(RedisStorageBackend):
+        def _write_changes(self, slice_, changes):
+            # Read and planned, about to commit: die like a killed worker.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    mode = sys.argv[1]
+    storage = CrashingStorage({uid!r}, url={url!r}, prefix={prefix!r})
+    if mode == "fire":
+        TriggerManager(storage).fire("a", {{"by": "child"}})
+    else:
+        with storage.acquire_lock():
+            storage.create_instance("t_x", kwargs={{"a": {{"by": "child"}}}})
+            storage.save()
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["fire", "lock"])
+def test_a_process_killed_mid_step_leaves_nothing_behind(mode: str, prefix: str) -> None:
+    storage = make("crash", prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_x": {"after": ["a", "b"], "run": PASS}})
+    before = storage._read_session().to_json()
+    script = CHILD.format(src=SRC, uid="crash", url=REDIS_URL, prefix=prefix)
+    child = subprocess.run(
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert storage._read_session().to_json() == before
+
+    # Another process (this one) can use the session at once.
+    with threading_runner():
+        assert manager.fire("b", {"by": "parent"}) == []
+        scheduled = manager.fire("a", {"by": "parent"})
+        ThreadingTaskRunner.join_all(timeout=30)
+    assert [i.name for i in scheduled] == ["t_x#0"]
+    storage.invalidate_cache()
+    assert storage["t_x#0"].metadata["result"] == {
+        "kwargs": {"a": {"by": "parent"}, "b": {"by": "parent"}}
+    }
+
+
+# ---------------------------------------------------------------------------
+# Unavailable server
+# ---------------------------------------------------------------------------
+def test_unreachable_server_raises_storage_unavailable() -> None:
+    storage = RedisStorageBackend(
+        "down-1", url="redis://:pw-secret@127.0.0.1:1/0", connect_timeout=1.0
+    )
+    manager = TriggerManager(storage)
+    with pytest.raises(StorageUnavailableError) as info:
+        manager.fire("a", {"n": 1})
+    message = str(info.value)
+    assert "'down-1'" in message and "redis://127.0.0.1:1/0" in message
+    assert "pw-secret" not in message
+    with pytest.raises(StorageUnavailableError):
+        manager.update_configuration({"t_a": {"after": ["a"], "run": DEVNULL}})
+    with pytest.raises(StorageUnavailableError):
+        RedisStorageBackend.list_sessions(url="redis://127.0.0.1:1/0", connect_timeout=1.0)
+    with pytest.raises(StorageUnavailableError):
+        len(storage)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free loopback port (AOF on, in a temp dir)."""
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        self.directory = directory
+        self.password = password
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_mod.Redis(
+            port=self.port, password=self.password, socket_connect_timeout=0.5
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis_mod.RedisError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    pytest.skip("could not start a private redis-server")
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: Redis flushes the AOF and exits
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_fire_fails_cleanly_while_redis_is_down_and_works_after(
+    private_redis: PrivateRedis,
+) -> None:
+    storage = RedisStorageBackend("outage", url=private_redis.url, connect_timeout=1.0,
+                                  socket_timeout=2.0)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_x": {"after": ["a", "b"], "run": PASS}})
+    manager.fire("a", {"n": 1})
+
+    private_redis.stop()
+    with pytest.raises(StorageUnavailableError, match="'outage'"):
+        manager.fire("b", {"n": "lost"})
+
+    private_redis.start()  # same port, same data directory
+    storage.invalidate_cache()
+    assert storage.latest_kwargs == {"a": {"n": 1}}  # the failed fire wrote nothing
+    with threading_runner():
+        scheduled = manager.fire("b", {"n": 2})
+        ThreadingTaskRunner.join_all(timeout=30)
+    assert [i.name for i in scheduled] == ["t_x#0"]
+    storage.invalidate_cache()
+    assert storage["t_x#0"].metadata["result"] == {"kwargs": {"a": {"n": 1}, "b": {"n": 2}}}
+
+
+def test_password_from_url_or_worker_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    monkeypatch.delenv("TRIGGERS_REDIS_PASSWORD", raising=False)
+    monkeypatch.delenv("TRIGGERS_REDIS_URL", raising=False)
+    server = PrivateRedis(tmp_path, password="s3cret-pw")
+    server.start()
+    try:
+        url = server.url.replace("redis://", "redis://:s3cret-pw@", 1)
+        storage = RedisStorageBackend("auth", url=url, connect_timeout=1.0)
+        TriggerManager(storage).fire("a", {"n": 1})
+        options = storage.options()
+        assert "s3cret-pw" not in json.dumps(options)
+
+        # A worker without the password cannot connect, and says why.
+        with pytest.raises(StorageUnavailableError, match="uthenticat") as info:
+            len(RedisStorageBackend("auth", **options))
+        assert "s3cret-pw" not in str(info.value)
+        wrong = server.url.replace("redis://", "redis://:wrong-pw@", 1)
+        with pytest.raises(StorageUnavailableError) as info:
+            len(RedisStorageBackend("auth", url=wrong, connect_timeout=1.0))
+        assert "wrong-pw" not in str(info.value)
+
+        # With the password in its own environment it sees the same session.
+        monkeypatch.setenv("TRIGGERS_REDIS_PASSWORD", "s3cret-pw")
+        assert RedisStorageBackend("auth", **options).latest_kwargs == {"a": {"n": 1}}
+        monkeypatch.delenv("TRIGGERS_REDIS_PASSWORD")
+        monkeypatch.setenv("TRIGGERS_REDIS_URL", url)
+        assert RedisStorageBackend("auth", **options).latest_kwargs == {"a": {"n": 1}}
+    finally:
+        server.stop()
