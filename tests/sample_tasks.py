@@ -85,6 +85,19 @@ class ContextFailingTask(TriggerTask):
 
 
 @name_matches_classpath
+class FlakyTask(TriggerTask):
+    """Fails with :class:`SampleError` unless some trigger's kwargs say ``ok: True``;
+    otherwise returns ``{'kwargs': trigger_kwargs}``."""
+
+    def _run(self, context: TaskContext) -> Mapping[str, Any]:
+        if not any(
+            isinstance(v, Mapping) and v.get("ok") is True for v in context.trigger_kwargs.values()
+        ):
+            raise SampleError(f"{context.task_instance.name} is not ok")
+        return {"kwargs": context.trigger_kwargs}
+
+
+@name_matches_classpath
 class LoggingTask(TriggerTask):
     """Logs through ``get_logger_context``; ``trigger_kwargs['log']`` says how.
 
