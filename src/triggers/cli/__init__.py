@@ -374,7 +374,7 @@ def validate(config: str, check_tasks: bool, imports: tuple[str, ...]) -> None:
             resolve_task(tasks[name].run, name)
     out = console()
     out.print(tasks_table(tasks, {}, title=f"{config}", show_counts=False))
-    out.print(f"[green]{config} is valid:[/] {len(tasks)} trigger task(s).", highlight=False)
+    click.echo(f"{config} is valid: {len(tasks)} trigger task(s).")
 
 
 @cli.command()
@@ -434,17 +434,15 @@ def inspect(
     out.print(instances_table(instances.values(), title=f"Session {uid}: task instances"))
     latest = store.latest_kwargs
     if latest:
-        out.print(
-            "[bold]Triggers fired:[/] "
-            + ", ".join(f"{t} {compact(k, 40)}".rstrip() for t, k in sorted(latest.items())),
-            highlight=False,
+        click.echo(
+            "Triggers fired: "
+            + ", ".join(f"{t} {compact(k, 40)}".rstrip() for t, k in sorted(latest.items()))
         )
     unresolved = store.get_unresolved_instances()
     logs = store.get_instances_with_unresolved_logs()
-    out.print(
+    click.echo(
         f"{len(instances)} instance(s), {len(unresolved)} unresolved"
-        + (f", {len(logs)} with unresolved error logs" if logs else ""),
-        highlight=False,
+        + (f", {len(logs)} with unresolved error logs" if logs else "")
     )
 
 
