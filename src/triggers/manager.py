@@ -268,16 +268,19 @@ class TriggerManager:
         return _runner_substitutes.get(key, key)
 
     def get_runner(self, task_instance: TaskInstance | TaskConfig) -> BaseTaskRunner:
+        """The runner for ``task_instance``; :class:`RunnerNotFoundError` when its key
+        is not registered (any more: unregistering a runner takes effect at once)."""
         key = self.get_runner_key(task_instance)
-        runner = self._runners.get(key)
-        if runner is None:
-            try:
-                runner = task_runners.get(key)
-            except KeyError as exc:
-                from triggers.exceptions import RunnerNotFoundError
+        try:
+            cls = task_runners.get_class(key)
+        except KeyError as exc:
+            from triggers.exceptions import RunnerNotFoundError
 
-                name = getattr(task_instance, "name", "?")
-                raise RunnerNotFoundError(f"{name}: {exc}") from None
+            name = getattr(task_instance, "name", "?")
+            raise RunnerNotFoundError(f"session {self.storage.uid!r}, {name}: {exc}") from None
+        runner = self._runners.get(key)
+        if runner is None or type(runner) is not cls:
+            runner = cls()
             self._runners[key] = runner
         return runner
 
