@@ -22,12 +22,14 @@ a worker gets the password from its own ``TRIGGERS_POSTGRES_DSN`` or
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -35,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from triggers.engine import SessionChanges, SessionSlice, Step
@@ -63,6 +66,23 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 #: SQLSTATEs after which a step is retried from scratch (nothing was committed).
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+def _literal(value: str) -> str:
+    """``value`` as an SQL string literal (an ``E''`` string: independent of
+    ``standard_conforming_strings``). Steps send their parameters as literals in
+    one multi-statement string, which is what makes a step two round trips."""
+    if "\x00" in value:
+        raise ValueError(f"PostgreSQL text cannot contain the NUL character: {value!r}")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """``values`` as a ``text[]`` literal (every element quoted, so none is NULL)."""
+    inner = ",".join(
+        '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
+    )
+    return _literal("{" + inner + "}")
 
 
 def _ddl(schema: str) -> str:
@@ -107,97 +127,100 @@ CREATE TABLE IF NOT EXISTS {s}.trigger_kwargs (
 
 
 class _Queries:
-    """The SQL of one schema (identifiers validated, then quoted)."""
+    """The SQL of one schema (identifiers validated, then quoted).
+
+    The statements a step runs are server-side prepared once per connection
+    (``PREPARE``) and run with ``EXECUTE`` inside multi-statement strings, so a
+    step costs two round trips without re-planning its queries.
+    """
 
     def __init__(self, schema: str) -> None:
         s = f'"{schema}"'
+        self.schema = schema
         self.ddl = _ddl(schema)
         self.lock_namespace = f"triggers:{schema}"
-        self.timeouts = (
-            "SELECT set_config('lock_timeout', %s, true), "
-            "set_config('statement_timeout', %s, true), "
-            "set_config('idle_in_transaction_session_timeout', %s, true)"
-        )
+        tag = hashlib.sha1(schema.encode()).hexdigest()[:10]
+        self.prefix = f"triggers_{tag}_"
         self.lock = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
-        self.try_lock = "pg_try_advisory_xact_lock(hashtext(%s), hashtext(uid))"
+        # name -> (parameter types, body with $n placeholders)
+        self.statements: dict[str, tuple[str, str]] = {}
         # One statement returns the whole slice: kind 0 tasks, 1 instances, 2 kwargs.
-        self.read_slice = f"""
+        # $1 uid, $2 triggers, $3 instance names, $4 their tasks, $5 'unstarted'.
+        self._prepare("read_slice", "text, text[], text[], text[], text", f"""
 WITH firing AS MATERIALIZED (
-    SELECT DISTINCT task FROM {s}.trigger_index WHERE uid = %(uid)s AND trigger = ANY(%(triggers)s)
+    SELECT DISTINCT task FROM {s}.trigger_index WHERE uid = $1 AND trigger = ANY($2)
 )
 SELECT 0, t.name, t.config::text, t.counter, t.name IN (SELECT task FROM firing)
   FROM {s}.trigger_tasks t
- WHERE t.uid = %(uid)s AND (t.name IN (SELECT task FROM firing) OR t.name = ANY(%(wanted)s))
+ WHERE t.uid = $1 AND (t.name IN (SELECT task FROM firing) OR t.name = ANY($4))
 UNION ALL
 SELECT 1, i.name, i.data::text, NULL, NULL
   FROM {s}.trigger_instances i
- WHERE i.uid = %(uid)s AND i.status = %(unstarted)s AND i.task IN (SELECT task FROM firing)
+ WHERE i.uid = $1 AND i.status = $5 AND i.task IN (SELECT task FROM firing)
 UNION ALL
 SELECT 1, i.name, i.data::text, NULL, NULL
   FROM {s}.trigger_instances i
- WHERE i.uid = %(uid)s AND i.name = ANY(%(names)s)
+ WHERE i.uid = $1 AND i.name = ANY($3)
 UNION ALL
 SELECT 2, k.trigger, k.kwargs::text, NULL, NULL
   FROM {s}.trigger_kwargs k
- WHERE k.uid = %(uid)s AND k.trigger IN (
+ WHERE k.uid = $1 AND k.trigger IN (
        SELECT x.trigger FROM {s}.trigger_index x
-        WHERE x.uid = %(uid)s AND x.task IN (SELECT task FROM firing))
-"""
-        self.read_session = f"""
-SELECT 0, name, config::text, counter FROM {s}.trigger_tasks WHERE uid = %(uid)s
+        WHERE x.uid = $1 AND x.task IN (SELECT task FROM firing))""")
+        self._prepare("read_session", "text", f"""
+SELECT 0, name, config::text, counter FROM {s}.trigger_tasks WHERE uid = $1
 UNION ALL
-SELECT 1, name, data::text, NULL FROM {s}.trigger_instances WHERE uid = %(uid)s
+SELECT 1, name, data::text, NULL FROM {s}.trigger_instances WHERE uid = $1
 UNION ALL
-SELECT 2, trigger, kwargs::text, NULL FROM {s}.trigger_kwargs WHERE uid = %(uid)s
-"""
-        self.touch_session = (
-            f"INSERT INTO {s}.trigger_sessions (uid, created, modified) "
-            "VALUES (%s, now(), now()) "
-            "ON CONFLICT (uid) DO UPDATE SET modified = excluded.modified"
-        )
-        self.upsert_tasks = (
-            f"INSERT INTO {s}.trigger_tasks (uid, name, config) "
-            "SELECT %s, x.name, x.config::jsonb FROM unnest(%s::text[], %s::text[]) "
-            "AS x(name, config) "
-            "ON CONFLICT (uid, name) DO UPDATE SET config = excluded.config"
-        )
-        self.unindex_tasks = f"DELETE FROM {s}.trigger_index WHERE uid = %s AND task = ANY(%s)"
-        self.index_tasks = (
-            f"INSERT INTO {s}.trigger_index (uid, trigger, task) "
-            "SELECT %s, x.trigger, x.task FROM unnest(%s::text[], %s::text[]) AS x(trigger, task) "
-            "ON CONFLICT DO NOTHING"
-        )
-        self.set_counters = (
-            f"UPDATE {s}.trigger_tasks t SET counter = x.counter "
-            "FROM unnest(%s::text[], %s::int[]) AS x(name, counter) "
-            "WHERE t.uid = %s AND t.name = x.name"
-        )
-        self.upsert_instances = (
-            f"INSERT INTO {s}.trigger_instances (uid, name, task, status, data) "
-            "SELECT %s, x.name, x.task, x.status, x.data::jsonb "
-            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-            "AS x(name, task, status, data) "
-            "ON CONFLICT (uid, name) DO UPDATE SET "
-            "task = excluded.task, status = excluded.status, data = excluded.data"
-        )
-        self.upsert_kwargs = (
-            f"INSERT INTO {s}.trigger_kwargs (uid, trigger, kwargs) "
-            "SELECT %s, x.trigger, x.kwargs::jsonb FROM unnest(%s::text[], %s::text[]) "
-            "AS x(trigger, kwargs) "
-            "ON CONFLICT (uid, trigger) DO UPDATE SET kwargs = excluded.kwargs"
+SELECT 2, trigger, kwargs::text, NULL FROM {s}.trigger_kwargs WHERE uid = $1""")
+        # $1 uid, $2 task names, $3 configs, $4 index triggers, $5 index tasks.
+        self._prepare("write_tasks", "text, text[], text[], text[], text[]", f"""
+WITH upsert AS (
+    INSERT INTO {s}.trigger_tasks (uid, name, config)
+    SELECT $1, x.name, x.config::jsonb FROM unnest($2, $3) AS x(name, config)
+    ON CONFLICT (uid, name) DO UPDATE SET config = excluded.config
+), stale AS (
+    DELETE FROM {s}.trigger_index i
+     WHERE i.uid = $1 AND i.task = ANY($2)
+       AND (i.trigger, i.task) NOT IN (SELECT * FROM unnest($4, $5))
+)
+INSERT INTO {s}.trigger_index (uid, trigger, task)
+SELECT $1, x.trigger, x.task FROM unnest($4, $5) AS x(trigger, task)
+ON CONFLICT DO NOTHING""")
+        # $1 uid, $2/$3 counters, $4..$7 instances, $8/$9 latest kwargs.
+        self._prepare(
+            "write",
+            "text, text[], text[], text[], text[], text[], text[], text[], text[]",
+            f"""
+WITH session AS (
+    INSERT INTO {s}.trigger_sessions (uid, created, modified) VALUES ($1, now(), now())
+    ON CONFLICT (uid) DO UPDATE SET modified = excluded.modified
+), counters AS (
+    UPDATE {s}.trigger_tasks t SET counter = x.counter::integer
+      FROM unnest($2, $3) AS x(name, counter)
+     WHERE t.uid = $1 AND t.name = x.name
+), instances AS (
+    INSERT INTO {s}.trigger_instances (uid, name, task, status, data)
+    SELECT $1, x.name, x.task, x.status, x.data::jsonb
+      FROM unnest($4, $5, $6, $7) AS x(name, task, status, data)
+    ON CONFLICT (uid, name) DO UPDATE
+       SET task = excluded.task, status = excluded.status, data = excluded.data
+)
+INSERT INTO {s}.trigger_kwargs (uid, trigger, kwargs)
+SELECT $1, x.trigger, x.kwargs::jsonb FROM unnest($8, $9) AS x(trigger, kwargs)
+ON CONFLICT (uid, trigger) DO UPDATE SET kwargs = excluded.kwargs""",
         )
         self.delete_session = f"""
 WITH a AS (DELETE FROM {s}.trigger_tasks WHERE uid = %(uid)s),
      b AS (DELETE FROM {s}.trigger_index WHERE uid = %(uid)s),
      c AS (DELETE FROM {s}.trigger_instances WHERE uid = %(uid)s),
      d AS (DELETE FROM {s}.trigger_kwargs WHERE uid = %(uid)s)
-DELETE FROM {s}.trigger_sessions WHERE uid = %(uid)s
-"""
+DELETE FROM {s}.trigger_sessions WHERE uid = %(uid)s"""
         self.list_sessions = f"SELECT uid FROM {s}.trigger_sessions ORDER BY uid"
         self.lock_old_sessions = (
             f"SELECT uid FROM {s}.trigger_sessions "
             "WHERE modified < now() - make_interval(secs => %s) "
-            f"AND {self.try_lock} ORDER BY uid LIMIT %s"
+            "AND pg_try_advisory_xact_lock(hashtext(%s), hashtext(uid)) ORDER BY uid LIMIT %s"
         )
         self.delete_old_sessions = f"""
 WITH old AS (
@@ -208,8 +231,18 @@ WITH old AS (
      b AS (DELETE FROM {s}.trigger_index WHERE uid IN (SELECT uid FROM old)),
      c AS (DELETE FROM {s}.trigger_instances WHERE uid IN (SELECT uid FROM old)),
      d AS (DELETE FROM {s}.trigger_kwargs WHERE uid IN (SELECT uid FROM old))
-SELECT count(*) FROM old
-"""
+SELECT count(*) FROM old"""
+
+    def _prepare(self, key: str, types: str, body: str) -> None:
+        self.statements[self.prefix + key] = (types, body)
+
+    def name(self, key: str) -> str:
+        return self.prefix + key
+
+    def prepare_sql(self, names: list[str]) -> str:
+        return "; ".join(
+            f"PREPARE {n} ({self.statements[n][0]}) AS {self.statements[n][1]}" for n in names
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -364,6 +397,7 @@ class _Database:
         timeout: float,
         idle_timeout: float,
         pool_size: int,
+        synchronous_commit: bool = True,
     ) -> None:
         if dsn is None:
             dsn = default_dsn()
@@ -380,8 +414,9 @@ class _Database:
             ("idle_timeout", idle_timeout),
         ):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"PostgreSQL {name} must be a positive number of seconds, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"PostgreSQL {name} must be a positive number of seconds, got {value!r}"
+                )
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"PostgreSQL pool_size must be a positive integer, got {pool_size!r}")
         params = _parse_dsn(dsn)
@@ -394,10 +429,19 @@ class _Database:
         self.idle_timeout = float(idle_timeout)
         self.pool_size = pool_size
         self.sql = _Queries(schema)
-        self._timeout_params = (
-            f"{int(self.timeout * 1000)}ms",
-            f"{int(self.timeout * 1000)}ms",
-            f"{int(self.idle_timeout * 1000)}ms",
+        self.synchronous_commit = bool(synchronous_commit)
+        # Settings local to each step's transaction (numbers we formatted: no quoting issue).
+        settings = {
+            "lock_timeout": f"{max(1, int(self.timeout * 1000))}ms",
+            "statement_timeout": f"{max(1, int(self.timeout * 1000))}ms",
+            "idle_in_transaction_session_timeout": f"{max(1, int(self.idle_timeout * 1000))}ms",
+            # Plans of the prepared statements do not depend on their parameters.
+            "plan_cache_mode": "force_generic_plan",
+        }
+        if not self.synchronous_commit:
+            settings["synchronous_commit"] = "off"
+        self.settings_sql = "SELECT " + ", ".join(
+            f"set_config('{name}', '{value}', true)" for name, value in settings.items()
         )
 
     # --- pools --------------------------------------------------------------
@@ -408,8 +452,10 @@ class _Database:
             with _pools_lock:
                 entry = _pools.get(key)
                 if entry is None:
-                    entry = _Pool(self.public_dsn, self.password, self.target, self.pool_size,
-                                  self.connect_timeout)
+                    entry = _Pool(
+                        self.public_dsn, self.password, self.target, self.pool_size,
+                        self.connect_timeout,
+                    )
                     _pools[key] = entry
         return entry
 
@@ -421,8 +467,10 @@ class _Database:
         except PoolTimeout:
             stats = entry.pool.get_stats()
             if stats.get("pool_size", 0) and entry.last_error is None:
-                reason = (f"all {stats.get('pool_size')} pooled connections stayed busy "
-                          f"(pool_size={self.pool_size})")
+                reason = (
+                    f"all {stats.get('pool_size')} pooled connections stayed busy "
+                    f"(pool_size={self.pool_size})"
+                )
             else:
                 reason = entry.last_error or "no connection could be established"
             raise StorageUnavailableError(
@@ -435,58 +483,147 @@ class _Database:
             text = text.replace(self.password, "***")
         return text
 
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
+        """Make sure ``conn`` has this schema's statements prepared (once per connection)."""
+        schemas = _prepared.get(conn)
+        if schemas is not None and self.schema in schemas:
+            return
+        names = list(self.sql.statements)
+        existing = {
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM pg_prepared_statements WHERE name = ANY(%s)", (names,)
+            ).fetchall()
+        }
+        missing = [n for n in names if n not in existing]
+        if missing:
+            conn.execute(self.sql.prepare_sql(missing).encode())
+        with _prepared_lock:
+            _prepared.setdefault(conn, set()).add(self.schema)
+
     # --- schema ---------------------------------------------------------------
     def create_schema(self) -> None:
         """Create the schema and tables if missing (idempotent, safe concurrently)."""
-        entry, conn = self.getconn(f"creating schema {self.schema!r}")
-        try:
+
+        def create(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 conn.execute(self.sql.lock, (self.sql.lock_namespace, "-schema-"))
                 conn.execute(self.sql.ddl.encode())
-        except psycopg.Error as exc:
-            raise StorageError(
-                f"cannot create the triggers schema {self.schema!r} in PostgreSQL at "
-                f"{self.target}: {self.scrub(str(exc).strip())}"
-            ) from None
-        finally:
-            entry.pool.putconn(conn)
+
+        self.run(f"creating the triggers schema {self.schema!r}", create, prepared=False)
         _schema_ready.add((os.getpid(), self.public_dsn, self.password, self.schema))
 
     def ensure_schema(self) -> None:
         if (os.getpid(), self.public_dsn, self.password, self.schema) not in _schema_ready:
             self.create_schema()
 
-    def run(self, what: str, fn: Callable[[psycopg.Connection[Any]], R]) -> R:
-        """Run ``fn`` on a pooled autocommit connection, translating errors."""
-        for attempt in range(3):
+    def run(
+        self, what: str, fn: Callable[[psycopg.Connection[Any]], R], prepared: bool = True
+    ) -> R:
+        """Run ``fn`` on a pooled autocommit connection, translating errors.
+
+        Retried on a fresh connection when the pooled one turns out to be dead.
+        """
+        attempts = 3
+        for attempt in range(attempts):
             entry, conn = self.getconn(what)
             try:
+                if prepared:
+                    self.prepare(conn)
                 return fn(conn)
             except psycopg.Error as exc:
-                if conn.broken and attempt < 2:
+                if (conn.broken or exc.sqlstate == "26000") and attempt < attempts - 1:
+                    _forget_prepared(conn)
                     entry.pool.check()
                     continue
-                raise _translate(self, exc, what, self.timeout) from None
+                raise _translate(self, exc, what) from None
             finally:
+                if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
+                    try:
+                        conn.rollback()
+                    except psycopg.Error:
+                        pass
                 entry.pool.putconn(conn)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Connections -> schemas whose statements they have prepared.
+_prepared: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = (
+    weakref.WeakKeyDictionary()
+)
+_prepared_lock = threading.Lock()
+
+
+def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    with _prepared_lock:
+        _prepared.pop(conn, None)
 
 
 class _Retry(StorageError):
     """A step failed in a way that guarantees nothing was committed; run it again."""
 
 
+class _Tx:
+    """One open step: its connection, the not-yet-sent BEGIN/lock, queued writes.
+
+    ``BEGIN``, the timeouts and the session lock travel with the step's first
+    read; the writes travel with ``COMMIT``: two round trips per step.
+    """
+
+    __slots__ = ("conn", "cur", "prefix", "sent", "writes", "committing")
+
+    def __init__(self, conn: psycopg.Connection[Any], prefix: str) -> None:
+        self.conn = conn
+        self.cur: psycopg.ClientCursor[Any] = psycopg.ClientCursor(conn)
+        self.prefix = prefix
+        self.sent = False
+        self.writes: list[str] = []
+        self.committing = False
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run ``statement`` (after the BEGIN/lock prefix if not sent yet); its rows."""
+        if not self.sent:
+            statement = f"{self.prefix}; {statement}"
+            self.sent = True
+        cur = self.cur
+        cur.execute(statement)
+        while cur.nextset():
+            pass
+        return cur.fetchall()
+
+    def commit(self) -> None:
+        if self.writes:
+            if not self.sent:
+                # Make sure the lock is granted before COMMIT is on the wire, so a
+                # dead connection shows up while retrying is still safe.
+                self.cur.execute(self.prefix)
+                self.sent = True
+            self.committing = True
+            self.cur.execute("; ".join([*self.writes, "COMMIT"]))
+        elif self.sent:
+            self.cur.execute("COMMIT")
+
+    def abort(self) -> None:
+        conn = self.conn
+        if conn.broken or conn.closed:
+            return
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+
+
 class _TxState(threading.local):
-    conn: psycopg.Connection[Any] | None = None
-    synced: bool = False
-    committing: bool = False
+    current: _Tx | None = None
 
 
 def _translate(
-    db: _Database, exc: psycopg.Error, what: str, timeout: float, committing: bool = False
+    db: _Database, exc: psycopg.Error, what: str, committing: bool = False
 ) -> StorageError:
     """A clear :class:`StorageError` for ``exc`` (password scrubbed)."""
     detail = db.scrub(str(exc).strip()) or type(exc).__name__
+    timeout = db.timeout
     if isinstance(exc, pg_errors.LockNotAvailable):
         return StorageUnavailableError(
             f"{what}: waited more than {timeout:g}s for the session lock held by another "
@@ -500,17 +637,19 @@ def _translate(
     if isinstance(exc, pg_errors.UntranslatableCharacter):
         return StorageError(
             f"{what}: PostgreSQL jsonb cannot store this value ({detail}); "
-            "the NUL character \\u0000 is not allowed in stored kwargs or metadata"
+            "the NUL character \\u0000 is not allowed in stored kwargs or metadata; "
+            "nothing was written"
         )
-    if committing and (exc.sqlstate is None or isinstance(exc, psycopg.OperationalError)):
+    broken = exc.sqlstate is None and isinstance(exc, psycopg.OperationalError)
+    if committing and broken:
         return StorageError(
             f"{what}: the connection to PostgreSQL at {db.target} was lost while committing; "
             f"the step may or may not have been applied ({detail})"
         )
-    if exc.sqlstate is None or isinstance(exc, psycopg.OperationalError):
-        return StorageUnavailableError(
-            f"{what}: PostgreSQL at {db.target} failed: {detail}"
-        )
+    if broken or isinstance(exc, pg_errors.AdminShutdown):
+        return StorageUnavailableError(f"{what}: PostgreSQL at {db.target} failed: {detail}")
+    if exc.sqlstate is None:
+        return StorageError(f"{what}: {detail}")
     return StorageError(f"{what}: PostgreSQL error {exc.sqlstate}: {detail}")
 
 
@@ -532,6 +671,9 @@ class PostgresStorageBackend(BaseTriggerStorage):
     :param pool_size: most connections the per-process pool opens for this DSN.
     :param auto_create_schema: run :meth:`create_schema` once per process on
         first use (set False when the schema is managed by migrations).
+    :param synchronous_commit: wait for each step's commit to reach disk (the
+        default). ``False`` is faster, but a *server* crash may then lose the
+        last steps that were reported committed (never corrupts a session).
     """
 
     #: Attempts for a step that failed without committing (deadlock, serialization
@@ -548,11 +690,21 @@ class PostgresStorageBackend(BaseTriggerStorage):
         idle_timeout: float = 60.0,
         pool_size: int = 10,
         auto_create_schema: bool = True,
+        synchronous_commit: bool = True,
     ) -> None:
         super().__init__(uid)
-        self._db = _Database(dsn, schema, connect_timeout, timeout, idle_timeout, pool_size)
+        self._db = _Database(
+            dsn, schema, connect_timeout, timeout, idle_timeout, pool_size, synchronous_commit
+        )
         self.auto_create_schema = bool(auto_create_schema)
         self._tx = _TxState()
+        self._begin: str | None = None
+        self._uid_sql: str | None = None
+
+    def _uid_literal(self) -> str:
+        if self._uid_sql is None:
+            self._uid_sql = _literal(self.uid)
+        return self._uid_sql
 
     # --- public description -------------------------------------------------
     @property
@@ -575,6 +727,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
             "idle_timeout": db.idle_timeout,
             "pool_size": db.pool_size,
             "auto_create_schema": self.auto_create_schema,
+            "synchronous_commit": db.synchronous_commit,
         }
 
     def __repr__(self) -> str:
@@ -585,12 +738,12 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
     # --- schema ----------------------------------------------------------------
     @classmethod
-    def create_schema(cls, dsn: str | None = None, schema: str = "public",
-                      **options: Any) -> None:
+    def create_schema(cls, dsn: str | None = None, schema: str = "public", **options: Any) -> None:
         """Create the schema and its tables if they do not exist (idempotent).
 
-        Safe to run concurrently from several processes. ``options`` are the
-        constructor's (``connect_timeout``...).
+        Safe to run concurrently from several processes. ``dsn`` defaults to
+        ``$TRIGGERS_POSTGRES_DSN``; ``options`` are the constructor's
+        (``connect_timeout``, ``timeout``...).
         """
         cls._database(dsn, schema, options).create_schema()
 
@@ -599,10 +752,11 @@ class PostgresStorageBackend(BaseTriggerStorage):
         return _Database(
             dsn,
             schema,
-            float(options.get("connect_timeout", 5.0)),
-            float(options.get("timeout", 30.0)),
-            float(options.get("idle_timeout", 60.0)),
-            int(options.get("pool_size", 10)),
+            options.get("connect_timeout", 5.0),
+            options.get("timeout", 30.0),
+            options.get("idle_timeout", 60.0),
+            options.get("pool_size", 10),
+            options.get("synchronous_commit", True),
         )
 
     @classmethod
@@ -614,14 +768,14 @@ class PostgresStorageBackend(BaseTriggerStorage):
     def run_step(
         self,
         plan: Callable[[Step], R],
-        triggers: Any = (),
-        instance_names: Any = (),
+        triggers: Iterable[str] = (),
+        instance_names: Iterable[str] = (),
     ) -> tuple[R, Step]:
         """Run ``plan`` in one transaction holding the session lock (see the base class).
 
-        A step that fails before its COMMIT was sent (deadlock, serialization
+        A step that failed before its COMMIT was sent (deadlock, serialization
         failure, connection lost) is retried from scratch, at most
-        :attr:`max_transaction_attempts` times.
+        :attr:`max_transaction_attempts` times; ``plan`` must be pure.
         """
         last: _Retry | None = None
         for attempt in range(self.max_transaction_attempts):
@@ -630,15 +784,15 @@ class PostgresStorageBackend(BaseTriggerStorage):
             except _Retry as exc:
                 last = exc
                 time.sleep(min(0.5, 0.01 * 2**attempt))
-        raise StorageError(
-            f"session {self.uid!r}: gave up after {self.max_transaction_attempts} attempts "
-            f"({last})"
+        raise StorageUnavailableError(
+            f"session {self.uid!r}: gave up after {self.max_transaction_attempts} attempts; "
+            f"nothing was written ({last})"
         )
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        tx = self._tx
-        if tx.conn is not None:  # nested (e.g. delete_session() inside acquire_lock())
+        local = self._tx
+        if local.current is not None:  # nested (e.g. delete_session() inside acquire_lock())
             yield
             return
         db = self._db
@@ -646,77 +800,74 @@ class PostgresStorageBackend(BaseTriggerStorage):
         if self.auto_create_schema:
             db.ensure_schema()
         entry, conn = db.getconn(what)
-        tx.conn, tx.synced, tx.committing = conn, False, False
+        tx: _Tx | None = None
         try:
-            with conn.pipeline(), conn.transaction():
-                conn.execute(db.sql.timeouts, db._timeout_params)
-                conn.execute(db.sql.lock, (db.sql.lock_namespace, self.uid))
+            try:
+                db.prepare(conn)
+            except psycopg.Error as exc:
+                raise self._failure(entry, conn, exc, committing=False) from None
+            tx = local.current = _Tx(conn, self._begin_sql())
+            try:
                 yield
-                if not tx.synced:
-                    # Make sure the lock was granted before COMMIT is on the wire,
-                    # so a stale connection fails while retrying is still safe.
-                    self._sync(conn)
-                tx.committing = True
-        except psycopg.Error as exc:
-            broken = conn.broken or conn.closed
-            if broken and not tx.committing:
-                entry.pool.check()
-                raise _Retry(f"{what}: connection lost before commit: "
-                             f"{db.scrub(str(exc).strip())}") from None
-            if exc.sqlstate in _RETRYABLE_SQLSTATES:
-                raise _Retry(f"{what}: {db.scrub(str(exc).strip())}") from None
-            raise _translate(db, exc, what, db.timeout, tx.committing) from None
+                tx.commit()
+            except psycopg.Error as exc:
+                tx.abort()
+                raise self._failure(entry, conn, exc, tx.committing) from None
+            except BaseException:
+                tx.abort()
+                raise
         finally:
-            tx.conn, tx.synced, tx.committing = None, False, False
+            local.current = None
             entry.pool.putconn(conn)
 
-    def _sync(self, conn: psycopg.Connection[Any]) -> None:
-        pipeline = conn._pipeline
-        if pipeline is not None:
-            pipeline.sync()
-        self._tx.synced = True
+    def _begin_sql(self) -> str:
+        """``BEGIN``, the step's settings and the session lock, as one string."""
+        if self._begin is None:
+            db = self._db
+            self._begin = (
+                f"BEGIN; {db.settings_sql}; SELECT pg_advisory_xact_lock("
+                f"hashtext({_literal(db.sql.lock_namespace)}), hashtext({_literal(self.uid)}))"
+            )
+        return self._begin
 
-    @contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor on the step's connection, or on a pooled one outside a step."""
-        conn = self._tx.conn
-        if conn is not None:
-            with conn.cursor() as cur:
-                yield cur
-            return
+    def _failure(
+        self, entry: _Pool, conn: psycopg.Connection[Any], exc: psycopg.Error, committing: bool
+    ) -> StorageError:
+        """The error to raise for ``exc``: :class:`_Retry` when nothing was committed."""
         db = self._db
-        if self.auto_create_schema:
-            db.ensure_schema()
         what = f"session {self.uid!r}"
-        entry, conn = db.getconn(what)
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise _translate(db, exc, what, db.timeout) from None
-        finally:
-            entry.pool.putconn(conn)
+        if (conn.broken or conn.closed) and not committing:
+            _forget_prepared(conn)
+            entry.pool.check()
+            return _Retry(
+                f"{what}: connection to {db.target} lost before commit: "
+                f"{db.scrub(str(exc).strip())}"
+            )
+        if exc.sqlstate in _RETRYABLE_SQLSTATES:
+            return _Retry(f"{what}: {db.scrub(str(exc).strip())}")
+        if exc.sqlstate == "26000":  # a prepared statement vanished (DISCARD/DEALLOCATE)
+            _forget_prepared(conn)
+            return _Retry(f"{what}: prepared statements were reset on the connection")
+        return _translate(db, exc, what, committing)
+
+    def _current(self, action: str) -> _Tx:
+        tx = self._tx.current
+        if tx is None:  # pragma: no cover - the base class always opens a step first
+            raise RuntimeError(f"{action} must run inside _transaction()")
+        return tx
 
     # --- reads -------------------------------------------------------------------
     def _read_slice(self, triggers: frozenset[str], instance_names: frozenset[str]) -> SessionSlice:
-        conn = self._tx.conn
-        if conn is None:  # pragma: no cover - the base class always opens a step first
-            raise RuntimeError("_read_slice must run inside _transaction()")
+        tx = self._current("_read_slice")
         if not triggers and not instance_names:
             return SessionSlice()
-        wanted = sorted({task_name_of(n) for n in instance_names})
-        cur = conn.execute(
-            self._db.sql.read_slice,
-            {
-                "uid": self.uid,
-                "triggers": sorted(triggers),
-                "names": sorted(instance_names),
-                "wanted": wanted,
-                "unstarted": STATUS_UNSTARTED,
-            },
+        sql = self._db.sql
+        rows = tx.query(
+            f"EXECUTE {sql.name('read_slice')}({self._uid_literal()}, "
+            f"{_text_array(sorted(triggers))}, {_text_array(sorted(instance_names))}, "
+            f"{_text_array(sorted({task_name_of(n) for n in instance_names}))}, "
+            f"{_literal(STATUS_UNSTARTED)})"
         )
-        rows = cur.fetchall()
-        self._tx.synced = True
         configs: dict[str, TaskConfig] = {}
         counters: dict[str, int] = {}
         firing: list[str] = []
@@ -742,12 +893,23 @@ class PostgresStorageBackend(BaseTriggerStorage):
         return SessionSlice(configs, instances, latest, counters)
 
     def _read_session(self) -> SessionData:
+        statement = f"EXECUTE {self._db.sql.name('read_session')}(%s)"  # client-side %
+        tx = self._tx.current
+        if tx is not None:
+            rows = tx.query(statement % self._uid_literal())
+        else:
+            db = self._db
+            if self.auto_create_schema:
+                db.ensure_schema()
+
+            def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+                cur = psycopg.ClientCursor(conn)
+                cur.execute(statement, (self.uid,))
+                return cur.fetchall()
+
+            rows = db.run(f"session {self.uid!r}", read)
         data = SessionData()
         loads = json.loads
-        with self._cursor() as cur:
-            cur.execute(self._db.sql.read_session, {"uid": self.uid})
-            rows = cur.fetchall()
-        self._tx.synced = self._tx.conn is not None
         for kind, name, text, counter in rows:
             if kind == 0:
                 data.tasks[name] = loads(text)
@@ -760,50 +922,45 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
     # --- writes ------------------------------------------------------------------
     def _write_changes(self, slice_: SessionSlice, changes: SessionChanges) -> None:
-        conn = self._tx.conn
-        if conn is None:  # pragma: no cover - the base class always opens a step first
-            raise RuntimeError("_write_changes must run inside _transaction()")
+        tx = self._current("_write_changes")
         sql = self._db.sql
-        uid = self.uid
-        conn.execute(sql.touch_session, (uid,))
+        uid = self._uid_literal()
         if changes.tasks:
             names = list(changes.tasks)
-            conn.execute(
-                sql.upsert_tasks,
-                (uid, names, [dumps(changes.tasks[n].to_dict()) for n in names]),
-            )
-            conn.execute(sql.unindex_tasks, (uid, names))
             pairs = [(t, n) for n in names for t in sorted(changes.tasks[n].triggers)]
-            if pairs:
-                conn.execute(
-                    sql.index_tasks, (uid, [p[0] for p in pairs], [p[1] for p in pairs])
-                )
-        if changes.counters:
-            names = list(changes.counters)
-            conn.execute(sql.set_counters, (names, [changes.counters[n] for n in names], uid))
-        if changes.instances:
-            items = list(changes.instances.values())
-            conn.execute(
-                sql.upsert_instances,
-                (
+            args = ", ".join(
+                [
                     uid,
-                    [i.name for i in items],
-                    [i.config.name for i in items],
-                    [i.status for i in items],
-                    [encode_instance(i) for i in items],
-                ),
+                    _text_array(names),
+                    _text_array([dumps(changes.tasks[n].to_dict()) for n in names]),
+                    _text_array([p[0] for p in pairs]),
+                    _text_array([p[1] for p in pairs]),
+                ]
             )
-        if changes.latest_kwargs:
-            triggers = list(changes.latest_kwargs)
-            conn.execute(
-                sql.upsert_kwargs,
-                (uid, triggers, [dumps(changes.latest_kwargs[t]) for t in triggers]),
-            )
+            tx.writes.append(f"EXECUTE {sql.name('write_tasks')}({args})")
+        counters = list(changes.counters.items())
+        instances = list(changes.instances.values())
+        latest = list(changes.latest_kwargs.items())
+        args = ", ".join(
+            [
+                uid,
+                _text_array([name for name, _ in counters]),
+                _text_array([str(int(n)) for _, n in counters]),
+                _text_array([i.name for i in instances]),
+                _text_array([i.config.name for i in instances]),
+                _text_array([i.status for i in instances]),
+                _text_array([encode_instance(i) for i in instances]),
+                _text_array([t for t, _ in latest]),
+                _text_array([dumps(k) for _, k in latest]),
+            ]
+        )
+        tx.writes.append(f"EXECUTE {sql.name('write')}({args})")
 
     # --- lifecycle -----------------------------------------------------------------
     @classmethod
-    def list_sessions(cls, dsn: str | None = None, schema: str = "public",
-                      **options: Any) -> list[str]:
+    def list_sessions(
+        cls, dsn: str | None = None, schema: str = "public", **options: Any
+    ) -> list[str]:
         """The uids of every stored session, sorted."""
         db = cls._database(dsn, schema, options)
         if options.get("auto_create_schema", True):
@@ -811,18 +968,16 @@ class PostgresStorageBackend(BaseTriggerStorage):
         return db.run(
             "listing sessions",
             lambda conn: [r[0] for r in conn.execute(db.sql.list_sessions).fetchall()],
+            prepared=False,
         )
 
     def delete_session(self) -> None:
         """Remove every record of this session (waits for a step in progress)."""
-        def delete() -> None:
-            assert self._tx.conn is not None
-            self._tx.conn.execute(self._db.sql.delete_session, {"uid": self.uid})
-
+        statement = self._db.sql.delete_session % {"uid": self._uid_literal()}
         for attempt in range(self.max_transaction_attempts):
             try:
                 with self._transaction():
-                    delete()
+                    self._current("delete_session").writes.append(statement)
                 break
             except _Retry:
                 if attempt == self.max_transaction_attempts - 1:
@@ -830,14 +985,23 @@ class PostgresStorageBackend(BaseTriggerStorage):
         self.invalidate_cache()
 
     @classmethod
-    def purge(cls, older_than: float, dsn: str | None = None, schema: str = "public",
-              batch_size: int = 500, **options: Any) -> int:
+    def purge(
+        cls,
+        older_than: float,
+        dsn: str | None = None,
+        schema: str = "public",
+        batch_size: int = 500,
+        **options: Any,
+    ) -> int:
         """Delete sessions not modified for ``older_than`` seconds; returns how many.
 
         A session that a step holds right now is skipped (it is in use).
         """
-        if (not isinstance(older_than, (int, float)) or isinstance(older_than, bool)
-                or older_than < 0):
+        if (
+            not isinstance(older_than, (int, float))
+            or isinstance(older_than, bool)
+            or older_than < 0
+        ):
             raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         db = cls._database(dsn, schema, options)
         if options.get("auto_create_schema", True):
@@ -846,7 +1010,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
         def purge_batch(conn: psycopg.Connection[Any]) -> tuple[int, int]:
             with conn.transaction():
-                conn.execute(db.sql.timeouts, db._timeout_params)
+                conn.execute(db.settings_sql)
                 uids = [
                     r[0]
                     for r in conn.execute(
@@ -855,6 +1019,8 @@ class PostgresStorageBackend(BaseTriggerStorage):
                 ]
                 if not uids:
                     return 0, 0
+                # A new statement: its snapshot sees every step committed before
+                # the locks were granted.
                 row = conn.execute(
                     sql.delete_old_sessions, {"uids": uids, "age": float(older_than)}
                 ).fetchone()
@@ -862,7 +1028,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
         total = 0
         while True:
-            locked, deleted = db.run("purging sessions", purge_batch)
+            locked, deleted = db.run("purging sessions", purge_batch, prepared=False)
             total += deleted
             if locked < batch_size:
                 return total
