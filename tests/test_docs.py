@@ -152,8 +152,12 @@ def test_examples_run(page: Path, docs_environment: Path):
                 if "pytest" in block.flags:
                     run_pytest_block(block, docs_environment, where)
                     continue
+                # dont_inherit: the examples must not get this file's __future__ imports.
                 code = compile(
-                    "\n" * (block.line - 1) + block.source, f"docs/{page.name}", "exec"
+                    "\n" * (block.line - 1) + block.source,
+                    f"docs/{page.name}",
+                    "exec",
+                    dont_inherit=True,
                 )
                 try:
                     exec(code, namespace)  # noqa: S102 - the docs are ours
