@@ -332,6 +332,8 @@ class _Pool:
             "autocommit": True,
             "connect_timeout": max(2, int(round(connect_timeout))),
         }
+        if "application_name" not in _parse_dsn(conninfo):
+            kwargs["application_name"] = "triggers"
         if password is not None:
             kwargs["password"] = password
         pool_ref = self
@@ -370,11 +372,14 @@ _pools_lock = threading.Lock()
 _schema_ready: set[tuple[int, str, str | None, str]] = set()
 
 
-def _close_own_pools() -> None:
+def _close_own_pools(public_dsn: str | None = None) -> None:
     """Close the pools this process opened (inherited ones belong to the parent)."""
     pid = os.getpid()
     with _pools_lock:
-        mine = [key for key in _pools if key[0] == pid]
+        mine = [
+            key for key in _pools
+            if key[0] == pid and (public_dsn is None or key[1] == public_dsn)
+        ]
         pools = [_pools.pop(key) for key in mine]
     for entry in pools:
         try:
@@ -433,7 +438,9 @@ class _Database:
         # Settings local to each step's transaction (numbers we formatted: no quoting issue).
         settings = {
             "lock_timeout": f"{max(1, int(self.timeout * 1000))}ms",
-            "statement_timeout": f"{max(1, int(self.timeout * 1000))}ms",
+            # Twice as long: a statement holding the lock never legitimately runs that
+            # long, and a lock wait is reported as such rather than as a slow statement.
+            "statement_timeout": f"{max(2, int(self.timeout * 2000))}ms",
             "idle_in_transaction_session_timeout": f"{max(1, int(self.idle_timeout * 1000))}ms",
             # Plans of the prepared statements do not depend on their parameters.
             "plan_cache_mode": "force_generic_plan",
@@ -502,20 +509,22 @@ class _Database:
             _prepared.setdefault(conn, set()).add(self.schema)
 
     # --- schema ---------------------------------------------------------------
-    def create_schema(self) -> None:
+    def create_schema(self, what: str = "") -> None:
         """Create the schema and tables if missing (idempotent, safe concurrently)."""
+        what = f"{what}: " if what else ""
 
         def create(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 conn.execute(self.sql.lock, (self.sql.lock_namespace, "-schema-"))
                 conn.execute(self.sql.ddl.encode())
 
-        self.run(f"creating the triggers schema {self.schema!r}", create, prepared=False)
+        self.run(f"{what}creating the triggers schema {self.schema!r}", create, prepared=False)
         _schema_ready.add((os.getpid(), self.public_dsn, self.password, self.schema))
 
-    def ensure_schema(self) -> None:
+    def ensure_schema(self, what: str = "") -> None:
+        """Run :meth:`create_schema` unless this process already did."""
         if (os.getpid(), self.public_dsn, self.password, self.schema) not in _schema_ready:
-            self.create_schema()
+            self.create_schema(what)
 
     def run(
         self, what: str, fn: Callable[[psycopg.Connection[Any]], R], prepared: bool = True
@@ -631,7 +640,7 @@ def _translate(
         )
     if isinstance(exc, pg_errors.QueryCanceled):
         return StorageError(
-            f"{what}: a statement ran longer than {timeout:g}s (statement_timeout) and was "
+            f"{what}: a statement ran longer than {2 * timeout:g}s (statement_timeout) and was "
             f"cancelled; nothing was written"
         )
     if isinstance(exc, pg_errors.UntranslatableCharacter):
@@ -663,8 +672,8 @@ class PostgresStorageBackend(BaseTriggerStorage):
     :param schema: PostgreSQL schema holding the tables (created if missing).
     :param connect_timeout: seconds to get a connection before
         :class:`StorageUnavailableError`.
-    :param timeout: ``lock_timeout`` and ``statement_timeout`` of every step, in
-        seconds: a step never waits longer for another step's session lock.
+    :param timeout: ``lock_timeout`` of every step, in seconds: a step never waits
+        longer for another step's session lock (``statement_timeout`` is twice that).
     :param idle_timeout: ``idle_in_transaction_session_timeout``: the server ends a
         connection that holds a session (e.g. in ``acquire_lock()``) without
         talking to it for that long, so even a frozen process releases it.
@@ -760,9 +769,13 @@ class PostgresStorageBackend(BaseTriggerStorage):
         )
 
     @classmethod
-    def close_pools(cls) -> None:
-        """Close this process's connection pools (they reopen on next use)."""
-        _close_own_pools()
+    def close_pools(cls, dsn: str | None = None) -> None:
+        """Close this process's connection pools, or only those for ``dsn``.
+
+        They reopen on next use. Pools inherited through ``fork()`` are never
+        touched: their connections belong to the parent process.
+        """
+        _close_own_pools(None if dsn is None else strip_password(dsn))
 
     # --- the atomic step ---------------------------------------------------------
     def run_step(
@@ -798,7 +811,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
         db = self._db
         what = f"session {self.uid!r}"
         if self.auto_create_schema:
-            db.ensure_schema()
+            db.ensure_schema(what)
         entry, conn = db.getconn(what)
         tx: _Tx | None = None
         try:
@@ -900,7 +913,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
         else:
             db = self._db
             if self.auto_create_schema:
-                db.ensure_schema()
+                db.ensure_schema(f"session {self.uid!r}")
 
             def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
                 cur = psycopg.ClientCursor(conn)
