@@ -31,14 +31,16 @@ class ClassRegistry(Generic[T]):
     def __init__(self, group: str, kind: str) -> None:
         self.group = group
         self.kind = kind
-        self._classes: dict[str, type[T]] = {}
+        self._registered: dict[str, type[T]] = {}  # run-time registrations
+        self._loaded: dict[str, type[T]] = {}  # entry points already imported
+        self._hidden: set[str] = set()  # entry points removed with unregister()
         self._entry_points: dict[str, Any] | None = None
         self._lock = RLock()
 
     def _eps(self) -> dict[str, Any]:
         if self._entry_points is None:
             self._entry_points = {ep.name: ep for ep in entry_points(group=self.group)}
-        return self._entry_points
+        return {k: ep for k, ep in self._entry_points.items() if k not in self._hidden}
 
     @overload
     def register(self, key: str) -> Callable[[type[T]], type[T]]: ...
@@ -47,32 +49,35 @@ class ClassRegistry(Generic[T]):
     def register(self, key: str, cls: type[T]) -> type[T]: ...
 
     def register(self, key: str, cls: type[T] | None = None) -> Any:
-        """Register ``cls`` under ``key``; usable as a class decorator."""
+        """Register ``cls`` under ``key`` (it takes precedence over an entry point of
+        the same name); usable as a class decorator."""
         if cls is None:
             return lambda c: self.register(key, c)
         with self._lock:
-            self._classes[key] = cls
+            self._registered[key] = cls
         return cls
 
     def unregister(self, key: str) -> None:
+        """Remove the run-time registration under ``key``; an entry point of the same
+        name it overrode is visible again. Without a run-time registration, hide the
+        entry point itself. Unknown keys are ignored."""
         with self._lock:
-            self._classes.pop(key, None)
-            if self._entry_points is not None:
-                self._entry_points.pop(key, None)
+            if self._registered.pop(key, None) is None:
+                self._hidden.add(key)
 
     def get_class(self, key: str) -> type[T]:
         with self._lock:
-            if key in self._classes:
-                return self._classes[key]
+            if key in self._registered:
+                return self._registered[key]
             ep = self._eps().get(key)
             if ep is None:
                 raise RegistryKeyError(
                     f"no {self.kind} is registered under {key!r}; "
                     f"expected one of {sorted(self.keys())}"
                 )
-            cls = ep.load()
-            self._classes[key] = cls
-            return cls
+            if key not in self._loaded:
+                self._loaded[key] = ep.load()
+            return self._loaded[key]
 
     def get(self, key: str, *args: Any, **kwargs: Any) -> T:
         """Instantiate the class registered under ``key`` with the remaining arguments."""
@@ -81,16 +86,21 @@ class ClassRegistry(Generic[T]):
     def key_of(self, cls: type) -> str | None:
         """The key a class is registered under (most derived match), if any."""
         with self._lock:
-            for key, registered in self._classes.items():
+            for key, registered in self._registered.items():
                 if registered is cls:
                     return key
             for key, ep in self._eps().items():
-                if ep.value.replace(":", ".") == f"{cls.__module__}.{cls.__qualname__}":
+                if key in self._registered:  # overridden at run time
+                    continue
+                if self._loaded.get(key) is cls or (
+                    ep.value.replace(":", ".") == f"{cls.__module__}.{cls.__qualname__}"
+                ):
                     return key
         return None
 
     def keys(self) -> list[str]:
-        return sorted(set(self._classes) | set(self._eps()))
+        with self._lock:
+            return sorted(set(self._registered) | set(self._eps()))
 
     def __contains__(self, key: object) -> bool:
         return key in self.keys()
