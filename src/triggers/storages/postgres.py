@@ -662,6 +662,15 @@ def _translate(
     return StorageError(f"{what}: PostgreSQL error {exc.sqlstate}: {detail}")
 
 
+#: Options the class methods (create_schema, list_sessions, purge) accept besides dsn/schema.
+_CLASS_OPTIONS = frozenset(
+    {
+        "connect_timeout", "timeout", "idle_timeout", "pool_size", "synchronous_commit",
+        "auto_create_schema",
+    }
+)
+
+
 class PostgresStorageBackend(BaseTriggerStorage):
     """Sessions in PostgreSQL, safe across threads, processes and machines.
 
@@ -758,6 +767,12 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
     @classmethod
     def _database(cls, dsn: str | None, schema: str, options: Mapping[str, Any]) -> _Database:
+        unknown = sorted(set(options) - _CLASS_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"unexpected PostgreSQL storage option(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(sorted(_CLASS_OPTIONS))}"
+            )
         return _Database(
             dsn,
             schema,
