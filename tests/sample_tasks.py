@@ -271,3 +271,19 @@ class HookRecordingManager(TriggerManager):
         self.storage.invalidate_cache()
         names = sorted(self.storage.instances)
         type(self).calls.append(("skip", task_instance.name, task_instance.status, cascade, names))
+
+
+@name_matches_classpath
+class BadStatusChangeTask(TriggerTask):
+    """Skips or retries with data that cannot be stored as JSON
+    (``trigger_kwargs['go']['how']``: ``skip``, ``retry-kwargs``, ``retry-metadata``)."""
+
+    def _run(self, context: TaskContext) -> Mapping[str, Any]:
+        how = context.trigger_kwargs["go"]["how"]
+        if how == "skip":
+            raise self.skip({"when": object()})
+        if how == "retry-kwargs":
+            raise self.retry(replacement_kwargs={"go": {"when": object()}})
+        if how == "retry-metadata":
+            raise self.retry(metadata={"when": object()})
+        raise self.retry(cooldown=-1)

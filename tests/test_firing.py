@@ -136,10 +136,15 @@ def test_unless_completed_first_means_task_never_runs(manager: TriggerManager) -
     assert statuses(manager) == {"t_once#0": "abandoned", "t_each#0": "abandoned"}
     assert manager.fire("a") == []
     assert manager.fire("a") == []
-    found = statuses(manager)
-    assert found["t_once#0"] == "abandoned"
-    assert all(s == "abandoned" for s in found.values())
-    assert not any(s == "finished" for s in found.values())
+    # Each andEvery firing creates an instance that starts with the earlier "stop"
+    # and is abandoned at once; the one-shot task gets no new instance.
+    assert statuses(manager) == {
+        "t_once#0": "abandoned",
+        "t_each#0": "abandoned",
+        "t_each#1": "abandoned",
+        "t_each#2": "abandoned",
+    }
+    assert manager.storage["t_each#2"].abandon_state == {"stop": {}}
 
 
 def test_unless_leaves_finished_instances_alone(manager: TriggerManager) -> None:

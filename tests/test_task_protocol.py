@@ -406,3 +406,23 @@ def test_task_registered_on_a_celery_app_is_found_by_name(manager: TriggerManage
         "registered": True,
         "kwargs": {"go": {"a": 1}},
     }
+
+
+@pytest.mark.parametrize(
+    "how, error, fragment",
+    [
+        ("skip", "triggers.exceptions.InvalidTriggerKwargs", "metadata of status 'skipped'"),
+        ("retry-kwargs", "triggers.exceptions.InvalidTriggerKwargs", "JSON-serializable"),
+        ("retry-metadata", "triggers.exceptions.InvalidTriggerKwargs", "metadata"),
+        ("cooldown", "builtins.ValueError", "cooldown must be a non-negative number"),
+    ],
+)
+def test_unstorable_skip_or_retry_fails_instead_of_staying_running(
+    manager: TriggerManager, how: str, error: str, fragment: str
+) -> None:
+    instance = run_one(manager, P + "BadStatusChangeTask", kwargs={"how": how})
+    assert instance.status == "failed"
+    assert instance.metadata["exceptionType"] == error
+    assert fragment in instance.metadata["exceptionInfo"]
+    assert instance.metadata["logLevel"] == 40
+    assert [i.name for i in manager.storage] == ["t_x#0"]  # no clone, no cascade

@@ -53,7 +53,7 @@ def _check_kwargs(what: str, kwargs: Any) -> dict[str, Any]:
             f"{what}: kwargs must be a mapping (dict), got {type(kwargs).__name__}"
         )
     try:
-        return json.loads(dumps(kwargs))  # type: ignore[no-any-return]
+        return json.loads(dumps(kwargs))
     except (TypeError, ValueError) as exc:
         raise InvalidTriggerKwargs(f"{what}: kwargs must be JSON-serializable ({exc})") from None
 
@@ -354,12 +354,22 @@ class TriggerManager:
                 )
             result = _check_kwargs(f"{name}: result of _run", result)
         except Retry as retry:
-            self._record_retry(instance, retry, context.log_level)
+            try:
+                self._record_retry(instance, retry, context.log_level)
+            except (InvalidTriggerKwargs, DispatchError) as exc:
+                # Not storable or not dispatchable: fail rather than stay running.
+                self._fail_if_running(name, exc, context)
+                raise
             return None
         except StatusChange as change:
-            self._record_end(
-                name, change.status, {**change.metadata, META_LOG_LEVEL: context.log_level}
-            )
+            try:
+                metadata = _check_kwargs(
+                    f"{name}: metadata of status {change.status!r}", change.metadata
+                )
+            except InvalidTriggerKwargs as exc:
+                self._fail_if_running(name, exc, context)
+                raise exc from change
+            self._record_end(name, change.status, {**metadata, META_LOG_LEVEL: context.log_level})
             return None
         except BaseException as exc:
             if not getattr(exc, "_triggers_logged", False):
@@ -399,8 +409,9 @@ class TriggerManager:
             # The cascade cannot be dispatched: fail this instance rather than lose it.
             from triggers.task import exception_metadata
 
+            failure = exception_metadata(exc)
             self.storage.run_step(
-                lambda step: step.set_status(name, STATUS_FAILED, exception_metadata(exc)),
+                lambda step: step.set_status(name, STATUS_FAILED, failure),
                 instance_names=(name,),
             )
             raise
@@ -408,10 +419,23 @@ class TriggerManager:
             self._dispatch(scheduled)
             self._post_fire(task, scheduled)
 
+    def _fail_if_running(self, name: str, exc: BaseException, context: Any) -> None:
+        """Mark ``name`` failed with ``exc`` (logged) unless it already left ``running``."""
+        from triggers.task import exception_metadata
+
+        context.get_logger().error("%s: %s", type(exc).__name__, exc, exc_info=exc)
+        metadata = {**exception_metadata(exc), META_LOG_LEVEL: context.log_level}
+
+        def plan(step: Step) -> None:
+            if step.instance(name).status == STATUS_RUNNING:
+                step.set_status(name, STATUS_FAILED, metadata)
+
+        self.storage.run_step(plan, instance_names=(name,))
+
     def _record_retry(self, instance: TaskInstance, retry: Any, log_level: int) -> None:
         from triggers.task import exception_metadata
 
-        metadata: dict[str, Any] = dict(retry.metadata)
+        metadata = _check_kwargs(f"retrying {instance.name!r}: metadata", retry.metadata)
         metadata[META_LOG_LEVEL] = log_level
         if retry.exc is not None:
             metadata.update(exception_metadata(retry.exc))
