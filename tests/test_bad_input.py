@@ -268,3 +268,44 @@ def test_session_is_usable_after_bad_input(manager: TriggerManager) -> None:
     settle(manager)
     assert manager.storage["t_a#0"].metadata["result"] == {"kwargs": {"a": {"ok": True}}}
     assert P  # sample tasks importable
+
+
+class BrokenRunner(ThreadingTaskRunner):
+    """Passes the pre-commit check but cannot start anything."""
+
+    def run(self, manager: TriggerManager, task_instance: Any) -> None:
+        raise ConnectionError(f"broker down, cannot send {task_instance.name}")
+
+
+@pytest.fixture
+def broken_runner() -> Iterator[str]:
+    task_runners.register("broken", BrokenRunner)
+    yield "broken"
+    task_runners.unregister("broken")
+
+
+def test_dispatch_failure_after_commit_marks_instances_failed(
+    manager: TriggerManager, broken_runner: str
+) -> None:
+    manager.update_configuration(
+        {
+            "t_x": {"after": ["go"], "run": PASS, "using": broken_runner},
+            "t_ok": {"after": ["go"], "run": PASS},
+        }
+    )
+    with pytest.raises(DispatchError) as info:
+        manager.fire("go", {"n": 1})
+    message = str(info.value)
+    assert "t_x#0" in message and "broker down" in message and manager.storage.uid in message
+    settle(manager)
+    # The step committed: the trigger is recorded and the other task ran.
+    assert manager.storage.latest_kwargs["go"] == {"n": 1}
+    assert manager.storage["t_ok#0"].status == "finished"
+    failed = manager.storage["t_x#0"]
+    assert failed.status == "failed"
+    assert failed.metadata["exceptionType"] == "builtins.ConnectionError"
+    # Once the runner works again, the failed instance can be replayed.
+    manager.update_configuration({"t_x": {"after": ["go"], "run": PASS}})
+    manager.replay_failed_instance("t_x#0")
+    settle(manager)
+    assert manager.storage["t_x#1"].metadata["result"] == {"kwargs": {"go": {"n": 1}}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -324,3 +325,30 @@ def test_post_fire_hook_gets_trigger_and_scheduled_instances(
         ("fire", "t_b", []),
         ("fire", "x", [("t_a#0", "scheduled")]),
     ]
+
+
+def test_sessions_are_isolated(manager: TriggerManager, storage_factory: Any) -> None:
+    other = TriggerManager(storage_factory())
+    config = {"t_x": {"after": ["a", "b"], "run": PASS}}
+    manager.update_configuration(config)
+    other.update_configuration(config)
+    manager.fire("a", {"in": "one"})
+    other.fire("b", {"in": "two"})
+    settle(manager)
+    settle(other)
+    assert manager.storage["t_x#0"].kwargs == {"a": {"in": "one"}}
+    assert other.storage["t_x#0"].kwargs == {"b": {"in": "two"}}
+    assert manager.storage.latest_kwargs == {"a": {"in": "one"}}
+    assert other.storage.latest_kwargs == {"b": {"in": "two"}}
+
+
+def test_waiting_instance_follows_a_changed_configuration(manager: TriggerManager) -> None:
+    manager.update_configuration({"t_x": {"after": ["a", "b"], "run": PASS}})
+    manager.fire("a", {"n": 1})
+    manager.update_configuration({"t_x": {"after": ["a", "c"], "run": PASS}})
+    assert manager.fire("b") == []
+    assert [i.name for i in manager.fire("c", {"n": 3})] == ["t_x#0"]
+    settle(manager)
+    assert manager.storage["t_x#0"].metadata["result"] == {
+        "kwargs": {"a": {"n": 1}, "c": {"n": 3}}
+    }
