@@ -354,3 +354,16 @@ def test_help_lists_the_commands(run):
         "configure", "sessions", "purge",
     ):
         assert command in out
+
+
+def test_graph_of_the_demo_matches_the_docs(run, tmp_path):
+    from pathlib import Path
+
+    from triggers.demo import demo_configuration
+
+    path = tmp_path / "demo.json"
+    path.write_text(json.dumps(demo_configuration(str(tmp_path / "app.sqlite3"))))
+    out = run("graph", str(path)).output
+    docs = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    block = docs.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert out == block

@@ -1,7 +1,7 @@
-"""Every Python example in ``docs/*.md`` runs, and asserts what it shows.
+"""Every Python example in ``docs/*.md`` and ``README.md`` runs, and asserts what it shows.
 
 For each Markdown file, the `` ```python `` blocks run in order in one fresh
-namespace, with the current directory a temporary directory,
+module namespace (``docs_<page>``), with the current directory a temporary directory,
 ``TRIGGERS_SQLITE_PATH`` pointing into it, and tasks bound to Celery running on
 threads (``threading_runner()``; every thread is joined at the end).
 
@@ -27,11 +27,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import POSTGRES_DSN, REDIS_URL, _postgres_ping, _redis_ping, require_service
+from conftest import CI, POSTGRES_DSN, REDIS_URL, _postgres_ping, _redis_ping, require_service
 
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.testing import threading_runner
@@ -81,7 +82,8 @@ SERVICES = {
     "rabbitmq": ("RabbitMQ", _rabbitmq_ping),
 }
 
-PAGES = sorted(DOCS.glob("*.md"))
+README = DOCS.parent / "README.md"
+PAGES = sorted(DOCS.glob("*.md")) + [README]
 
 
 def test_the_docs_have_pages():
@@ -101,16 +103,26 @@ def test_the_docs_have_pages():
         assert expected in names
 
 
+#: Pages other people write; until they land, links to them are reported, not failed
+#: (except under CI, where every link must resolve).
+PAGES_WRITTEN_ELSEWHERE = {"celery.md", "storage-redis.md", "storage-postgres.md"}
+
+
 def test_every_relative_link_resolves():
     link = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
-    broken = []
-    for page in PAGES + [DOCS.parent / "README.md"]:
+    broken, pending = [], set()
+    for page in PAGES:
         for target, _anchor in link.findall(page.read_text(encoding="utf-8")):
             if "://" in target or target.startswith("mailto:"):
                 continue
             if not (page.parent / target).exists():
-                broken.append(f"{page.name} -> {target}")
+                if Path(target).name in PAGES_WRITTEN_ELSEWHERE and not CI:
+                    pending.add(Path(target).name)
+                else:
+                    broken.append(f"{page.name} -> {target}")
     assert not broken, "broken links: " + ", ".join(broken)
+    if pending:
+        pytest.skip(f"links to pages not written yet: {', '.join(sorted(pending))}")
 
 
 @pytest.fixture
@@ -144,7 +156,13 @@ def test_examples_run(page: Path, docs_environment: Path):
         label, check = SERVICES[name]
         require_service(label, check)
 
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
+    # Each page runs as an importable module, so classes it defines can be named by
+    # their Python path (``docs_getting_started.ImportSubject``), as in a real module.
+    module_name = f"docs_{page.stem.replace('-', '_').lower()}"
+    module = types.ModuleType(module_name)
+    module.__file__ = str(page)
+    sys.modules[module_name] = module
+    namespace = module.__dict__
     with threading_runner():
         try:
             for block in blocks:
@@ -167,6 +185,7 @@ def test_examples_run(page: Path, docs_environment: Path):
                     ) from exc
         finally:
             ThreadingTaskRunner.join_all(timeout=60)
+            sys.modules.pop(module_name, None)
 
 
 def run_pytest_block(block: Block, directory: Path, where: str) -> None:
