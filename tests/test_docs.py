@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CI, POSTGRES_DSN, REDIS_URL, _postgres_ping, _redis_ping, require_service
 
+from conftest import CI, POSTGRES_DSN, REDIS_URL, _postgres_ping, _redis_ping, require_service
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.testing import threading_runner
 
