@@ -186,6 +186,28 @@ def test_a_fire_reads_only_what_it_touches():
         storage.delete_session()
 
 
+def test_nul_characters_are_refused_and_nothing_is_written():
+    storage = make()
+    try:
+        manager = TriggerManager(storage)
+        manager.fire("x", {"ok": 1})
+        with pytest.raises(StorageError, match="NUL"):
+            manager.fire("x", {"text": "a\x00b"})
+        storage.invalidate_cache()
+        assert storage.latest_kwargs == {"x": {"ok": 1}}
+    finally:
+        storage.delete_session()
+
+
+def test_dropped_tables_are_created_again(schema: str, admin: psycopg.Connection):
+    storage = make(schema=schema)
+    TriggerManager(storage).fire("x", {"n": 1})
+    admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    TriggerManager(storage).fire("x", {"n": 2})
+    storage.invalidate_cache()
+    assert storage.latest_kwargs == {"x": {"n": 2}}
+
+
 # ----------------------------------------------------------------------------
 # Secrets
 # ----------------------------------------------------------------------------

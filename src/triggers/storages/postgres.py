@@ -515,6 +515,7 @@ class _Database:
 
         def create(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
+                conn.execute(self.settings_sql)
                 conn.execute(self.sql.lock, (self.sql.lock_namespace, "-schema-"))
                 conn.execute(self.sql.ddl.encode())
 
@@ -876,6 +877,11 @@ class PostgresStorageBackend(BaseTriggerStorage):
         if exc.sqlstate == "26000":  # a prepared statement vanished (DISCARD/DEALLOCATE)
             _forget_prepared(conn)
             return _Retry(f"{what}: prepared statements were reset on the connection")
+        if exc.sqlstate in ("42P01", "3F000") and self.auto_create_schema:
+            # The tables (or the schema) were dropped since this process created them.
+            _schema_ready.discard((os.getpid(), db.public_dsn, db.password, db.schema))
+            _forget_prepared(conn)
+            return _Retry(f"{what}: {db.scrub(str(exc).strip())}")
         return _translate(db, exc, what, committing)
 
     def _current(self, action: str) -> _Tx:
