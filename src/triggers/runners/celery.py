@@ -1,18 +1,117 @@
-"""Send trigger tasks to Celery workers through the broker."""
+"""Send trigger tasks to Celery workers through the broker.
+
+Routing directives
+------------------
+Besides Celery's own routing (``task_routes``, ``task_default_queue``,
+``task_default_priority``, ... in the app configuration, which apply to trigger
+tasks exactly as to any task), a trigger task's configuration may carry these
+extra directives, passed to ``apply_async`` for that trigger task only:
+
+``queue``
+    name of the queue to publish to (a non-empty string);
+``priority``
+    message priority, an integer from 0 to 255 (what it means depends on the
+    broker: RabbitMQ needs ``x-max-priority`` on the queue, Redis emulates a few
+    levels);
+``celeryOptions``
+    a dict of other ``apply_async`` routing options: ``queue``, ``routing_key``,
+    ``exchange``, ``priority``, ``expires`` (seconds), ``time_limit``,
+    ``soft_time_limit``. ``queue`` / ``priority`` given at the top level win.
+
+They are checked when an instance is about to be scheduled: a bad value raises
+:class:`InvalidCeleryOptions` (a :class:`~triggers.exceptions.DispatchError` and
+a :class:`~triggers.exceptions.ConfigurationError` naming the task and the
+directive) and the step that would have scheduled it changes nothing.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from triggers.exceptions import DispatchError, TaskNotFoundError
+from triggers.exceptions import ConfigurationError, DispatchError, TaskNotFoundError
 from triggers.runners.base import BaseTaskRunner, build_message
 
 if TYPE_CHECKING:
     from triggers.manager import TriggerManager
     from triggers.task import TriggerTask
-    from triggers.types import TaskInstance
+    from triggers.types import TaskConfig, TaskInstance
 
-__all__ = ["CeleryTaskRunner"]
+__all__ = ["CeleryTaskRunner", "InvalidCeleryOptions", "celery_options", "ROUTING_OPTIONS"]
+
+#: ``apply_async`` options a configuration may set through ``celeryOptions``.
+ROUTING_OPTIONS = frozenset(
+    {"queue", "routing_key", "exchange", "priority", "expires", "time_limit", "soft_time_limit"}
+)
+
+_JSON_CONTENT_TYPES = frozenset({"json", "application/json"})
+
+
+class InvalidCeleryOptions(DispatchError, ConfigurationError):
+    """A trigger task's ``queue`` / ``priority`` / ``celeryOptions`` directive is invalid."""
+
+
+def _number(task: str, directive: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidCeleryOptions(
+            task, directive, f"{key} must be a non-negative number of seconds, got {value!r}"
+        )
+    return value
+
+
+def _priority(task: str, directive: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise InvalidCeleryOptions(
+            task, directive, f"priority must be an integer from 0 to 255, got {value!r}"
+        )
+    return value
+
+
+def _name(task: str, directive: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidCeleryOptions(
+            task, directive, f"{key} must be a non-empty string, got {value!r}"
+        )
+    return value
+
+
+def celery_options(config: TaskConfig) -> dict[str, Any]:
+    """The ``apply_async`` routing options a trigger task's configuration asks for.
+
+    Reads the ``queue``, ``priority`` and ``celeryOptions`` directives (see the
+    module documentation). Returns ``{}`` when there are none, so Celery's own
+    routing applies. Raises :class:`InvalidCeleryOptions` naming the task and
+    directive when a value is not what is expected.
+    """
+    extras = config.extras
+    task = config.name
+    options: dict[str, Any] = {}
+    raw = extras.get("celeryOptions")
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise InvalidCeleryOptions(
+                task, "celeryOptions", f"expected a dict of apply_async options, got {raw!r}"
+            )
+        unknown = sorted(set(raw) - ROUTING_OPTIONS)
+        if unknown:
+            raise InvalidCeleryOptions(
+                task,
+                "celeryOptions",
+                f"unsupported option(s) {unknown}; expected some of {sorted(ROUTING_OPTIONS)} "
+                "(serializer, countdown and the message itself are set by the framework)",
+            )
+        for key, value in raw.items():
+            if key == "priority":
+                options[key] = _priority(task, "celeryOptions", value)
+            elif key in ("expires", "time_limit", "soft_time_limit"):
+                options[key] = _number(task, "celeryOptions", key, value)
+            else:
+                options[key] = _name(task, "celeryOptions", key, value)
+    if "queue" in extras:
+        options["queue"] = _name(task, "queue", "queue", extras["queue"])
+    if "priority" in extras:
+        options["priority"] = _priority(task, "priority", extras["priority"])
+    return options
 
 
 class CeleryTaskRunner(BaseTaskRunner):
@@ -21,7 +120,19 @@ class CeleryTaskRunner(BaseTaskRunner):
     The message carries registry keys, the session uid and the storage's
     non-secret options, so a worker rebuilds the same manager and storage.
     ``cooldown`` becomes the countdown; routing (queues, routes, priorities)
-    is Celery's, as for any task.
+    is Celery's, as for any task, plus the per-task directives described in the
+    module documentation.
+
+    Guarantees, checked before the step that schedules an instance commits
+    (so a refused instance is never left ``scheduled``):
+
+    - ``run`` names a :class:`~triggers.task.TriggerTask` registered on a Celery
+      app (:class:`~triggers.exceptions.TaskNotFoundError` naming it otherwise);
+    - the app is not in eager mode and accepts JSON
+      (:class:`~triggers.exceptions.DispatchError` saying why otherwise);
+    - the manager class is registered in ``trigger_managers``, so workers can
+      rebuild it;
+    - the routing directives are valid (:class:`InvalidCeleryOptions`).
     """
 
     def resolve(self, task_instance: TaskInstance) -> TriggerTask:
@@ -35,18 +146,31 @@ class CeleryTaskRunner(BaseTaskRunner):
             raise TaskNotFoundError(
                 f"task {task_instance.config.name!r}: run={run!r} is not registered on the "
                 f"Celery app {task.app.main!r}; workers could not run it "
-                "(register it with app.register_task() or @app.task(base=TriggerTask))"
+                "(register it with app.register_task(), @app.task(base=FunctionTriggerTask) "
+                "or @trigger_task(app) from triggers.celery_support)"
             )
         return task
 
     def check(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
         task = self.resolve(task_instance)
-        if task.app.conf.task_always_eager:
+        name = task_instance.config.name
+        conf = task.app.conf
+        if conf.task_always_eager:
             raise DispatchError(
-                f"task {task_instance.config.name!r}: Celery's task_always_eager is on; the "
-                "Celery runner refuses eager mode because the task would run inside the atomic "
-                "step that schedules it. Use the 'threading' runner for tests and scripts."
+                f"task {name!r}: Celery's task_always_eager is on; the Celery runner refuses "
+                "eager mode because the task would run inside the process that fires the "
+                "trigger, before the step scheduling it has committed, so it would not find "
+                "its instance scheduled. Use the 'threading' runner (or "
+                "triggers.testing.threading_runner()) for tests and scripts."
             )
+        accept = conf.accept_content
+        if accept is not None and not _JSON_CONTENT_TYPES & {str(a) for a in accept}:
+            raise DispatchError(
+                f"task {name!r}: the Celery app {task.app.main!r} does not accept JSON "
+                f"(accept_content={sorted(accept)!r}); trigger task messages are always JSON, "
+                "add 'json' to accept_content"
+            )
+        celery_options(task_instance.config)
         from triggers.manager import trigger_managers
 
         if trigger_managers.key_of(type(manager)) is None:
@@ -56,6 +180,11 @@ class CeleryTaskRunner(BaseTaskRunner):
             )
 
     def run(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
+        """Publish ``task_instance`` (JSON) with its cooldown as countdown.
+
+        Raises (and the manager marks the instance ``failed``) when the broker
+        refuses the message.
+        """
         self.check(manager, task_instance)
         task = self.resolve(task_instance)
         message = build_message(manager, task_instance)
@@ -63,4 +192,5 @@ class CeleryTaskRunner(BaseTaskRunner):
             kwargs=message,
             countdown=task_instance.cooldown or None,
             serializer="json",
+            **celery_options(task_instance.config),
         )
