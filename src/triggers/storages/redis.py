@@ -23,11 +23,13 @@ committed by one script call or never written.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -67,6 +69,8 @@ SESSION_KEYS = (
 )
 
 _SCHEMES = ("redis", "rediss", "unix")
+#: Idle connections kept per process and server for the atomic-step scripts.
+_MAX_IDLE = 32
 _SECRET_QUERY_KEYS = frozenset({"password"})
 
 
@@ -132,6 +136,23 @@ def _resolve_password(url: str, password: str | None) -> str | None:
     return None
 
 
+def _bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+@lru_cache(maxsize=1024)
+def _command_head(sha: str, keys: tuple[str, ...]) -> bytes:
+    """RESP for ``EVALSHA sha numkeys key...`` (the payload argument follows)."""
+    parts = [b"*%d\r\n" % (4 + len(keys)), _bulk("EVALSHA"), _bulk(sha), _bulk(str(len(keys)))]
+    return b"".join(parts + [_bulk(key) for key in keys])
+
+
+def _pack(value: Any) -> str:
+    """One JSON script argument (UTF-8 kept as is; Lua's cjson reads it)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _lua(name: str) -> str:
     return (resources.files("triggers.storages") / "lua" / name).read_text(encoding="utf-8")
 
@@ -156,6 +177,55 @@ class _Connection:
         self.read_slice: Script = self.client.register_script(_lua("read_slice.lua"))
         self.commit: Script = self.client.register_script(_lua("commit_changes.lua"))
         self.purge: Script = self.client.register_script(_lua("purge_session.lua"))
+
+        # Idle connections for the hot path (run()), used last-in first-out.
+        self._idle: list[redis.Connection] = []
+
+    def run(self, script: Script, keys: tuple[str, ...], payload: str) -> Any:
+        """Run ``script`` with one argument, straight on a connection of our own.
+
+        The hot path: skips redis-py's per-command and pool machinery (and its
+        retries); loads the script when the server does not know it (e.g. after
+        a restart). A connection that failed mid-command is closed, never reused.
+        """
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self.pool.connection_class(**self.pool.connection_kwargs)
+        data = payload.encode()
+        command = [_command_head(script.sha, keys), b"$%d\r\n%b\r\n" % (len(data), data)]
+        try:
+            try:
+                connection.send_packed_command(command)
+                reply = connection.read_response()
+            except redis.exceptions.NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", script.script)
+                connection.read_response()
+                connection.send_packed_command(command)
+                reply = connection.read_response()
+        except redis.ResponseError:
+            self._release(connection)
+            raise
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._release(connection)
+        return reply
+
+    def _release(self, connection: redis.Connection) -> None:
+        if len(self._idle) < _MAX_IDLE:
+            self._idle.append(connection)
+        else:
+            connection.disconnect()
+
+    def reset(self) -> None:
+        """Close idle connections (they may be dead, e.g. after a server restart)."""
+        while self._idle:
+            try:
+                self._idle.pop().disconnect()
+            except IndexError:
+                break
+        self.pool.disconnect(inuse_connections=False)
 
 
 _connections: dict[tuple[Any, ...], _Connection] = {}
@@ -214,6 +284,7 @@ def _glob_escape(text: str) -> str:
 
 
 def _session_keys(prefix: str, uid: str) -> list[str]:
+    """The keys of one session, in :data:`SESSION_KEYS` order."""
     return [f"{prefix}:{{{uid}}}:{suffix}" for suffix in SESSION_KEYS]
 
 
@@ -259,7 +330,7 @@ class RedisStorageBackend(BaseTriggerStorage):
         self.socket_timeout = float(_check_seconds("socket_timeout", socket_timeout))
         self.url, password = _split_secret(full_url)
         self._password = _resolve_password(self.url, password)
-        self._keys = _session_keys(self.prefix, uid)
+        self._keys = tuple(_session_keys(self.prefix, uid))
         self._backoff = threading.local()
 
     def options(self) -> dict[str, Any]:
@@ -300,11 +371,12 @@ class RedisStorageBackend(BaseTriggerStorage):
 
     # --- reads ---------------------------------------------------------------
     def _read_slice(self, triggers: frozenset[str], instance_names: frozenset[str]) -> SessionSlice:
-        wanted = {task_name_of(n) for n in instance_names}
-        args: list[Any] = [len(triggers), *triggers, len(wanted), *wanted]
-        args += [len(instance_names), *instance_names]
+        wanted = sorted({task_name_of(n) for n in instance_names})
+        request = _pack([sorted(triggers), wanted, sorted(instance_names)])
         conn = self._conn
-        reply = self._call("reading a step", lambda: conn.read_slice(keys=self._keys, args=args))
+        reply = loads(
+            self._call("reading a step", lambda: conn.run(conn.read_slice, self._keys, request))
+        )
         version = int(reply[0])
         pos = 2 + int(reply[1])
         firing = reply[2:pos]
@@ -376,7 +448,7 @@ class RedisStorageBackend(BaseTriggerStorage):
         token = os.urandom(8).hex()
         args: list[Any] = [
             str(slice_.version or 0),
-            "" if self.ttl is None else self.ttl,
+            "" if self.ttl is None else str(self.ttl),
             token,
             len(changes.tasks),
         ]
@@ -390,11 +462,11 @@ class RedisStorageBackend(BaseTriggerStorage):
             args += [trigger, dumps(kwargs)]
         args.append(len(changes.counters))
         for task, counter in changes.counters.items():
-            args += [task, counter]
+            args += [task, str(counter)]
 
         conn = self._conn
         try:
-            new_version = conn.commit(keys=self._keys, args=args)
+            new_version = conn.run(conn.commit, self._keys, _pack(args))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             new_version = self._committed_version(token, exc)
         except redis.RedisError as exc:
@@ -543,8 +615,8 @@ def _read_only(
     except redis.TimeoutError as exc:
         raise failure(exc) from exc
     except redis.ConnectionError:
-        # Idle pooled connections may be dead (e.g. the server restarted).
-        conn.pool.disconnect(inuse_connections=False)
+        # Idle connections may be dead (e.g. the server restarted).
+        conn.reset()
     except redis.RedisError as exc:
         raise failure(exc) from exc
     try:

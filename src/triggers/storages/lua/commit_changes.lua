@@ -3,7 +3,8 @@
 --
 -- KEYS: the session's keys, in this order:
 --   1 meta  2 tasks  3 tasktriggers  4 index  5 instances  6 unstarted  7 kwargs  8 counters
--- ARGV: expected version, ttl seconds ('' = keys never expire), commit token,
+-- ARGV[1]: a JSON array of strings:
+--   expected version, ttl seconds ('' = keys never expire), commit token,
 --   n, (task name, config JSON, JSON list of the task's triggers)*n,
 --   m, (instance name, task name, status, instance JSON)*m,
 --   k, (trigger, latest kwargs JSON)*k,
@@ -14,14 +15,15 @@
 -- The version is max(previous + 1, server time in microseconds), so a session
 -- deleted and created again never reuses a version a slow step may still hold.
 
+local args = cjson.decode(ARGV[1])
 local current = redis.call('HGET', KEYS[1], 'version') or '0'
-if current ~= ARGV[1] then
+if current ~= args[1] then
   return false
 end
 
 local pos = 4
 local function take()
-  local value = ARGV[pos]
+  local value = args[pos]
   pos = pos + 1
   return value
 end
@@ -113,10 +115,10 @@ local version = tonumber(current) + 1
 if now_us > version then version = now_us end
 version = string.format('%.0f', version)
 local now = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
-redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3])
 redis.call('HSETNX', KEYS[1], 'created', now)
 
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(args[2])
 for i = 1, #KEYS do
   if ttl then
     redis.call('EXPIRE', KEYS[i], ttl)

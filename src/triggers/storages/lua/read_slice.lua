@@ -2,10 +2,10 @@
 --
 -- KEYS: the session's keys, in this order:
 --   1 meta  2 tasks  3 tasktriggers  4 index  5 instances  6 unstarted  7 kwargs  8 counters
--- ARGV: n, trigger*n, m, task*m, k, instance-name*k
+-- ARGV[1]: JSON [triggers, tasks, instance names]
 --   triggers: the step's triggers; tasks: the tasks of the named instances;
 --   instance names: instances the step names explicitly.
--- Returns a flat array:
+-- Returns one JSON string holding a flat array (one reply to parse, not many):
 --   version,
 --   #firing, firing task names...,
 --   #tasks, (task name, config JSON, counter)...,
@@ -13,18 +13,6 @@
 --   #kwargs, (trigger, latest kwargs JSON)...
 -- "firing" tasks are the ones using one of the triggers; the instances are the
 -- unstarted instances of the firing tasks plus the named instances that exist.
-
-local pos = 1
-local function take_list()
-  local n = tonumber(ARGV[pos])
-  pos = pos + 1
-  local list = {}
-  for i = 1, n do
-    list[i] = ARGV[pos]
-    pos = pos + 1
-  end
-  return list
-end
 
 -- HMGET in chunks (Lua's unpack is limited by the C stack).
 local function hmget(key, fields)
@@ -40,9 +28,8 @@ local function hmget(key, fields)
   return out
 end
 
-local triggers = take_list()
-local wanted = take_list()
-local names = take_list()
+local request = cjson.decode(ARGV[1])
+local triggers, wanted, names = request[1], request[2], request[3]
 
 local version = redis.call('HGET', KEYS[1], 'version') or '0'
 
@@ -141,4 +128,4 @@ out[#out + 1] = #instances
 for i = 1, #instances do out[#out + 1] = instances[i] end
 out[#out + 1] = #kwargs / 2
 for i = 1, #kwargs do out[#out + 1] = kwargs[i] end
-return out
+return cjson.encode(out)
