@@ -460,6 +460,42 @@ def test_fire_fails_cleanly_while_redis_is_down_and_works_after(
     assert storage["t_x#0"].metadata["result"] == {"kwargs": {"a": {"n": 1}, "b": {"n": 2}}}
 
 
+class PausingStorage(RedisStorageBackend):  # type: ignore[misc, valid-type]
+    """Pauses the server's writes for 1.5 s right before committing (CLIENT PAUSE)."""
+
+    admin: Any = None
+
+    def _write_changes(self, slice_: Any, changes: Any) -> None:
+        self.admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        super()._write_changes(slice_, changes)
+
+
+def test_commit_without_reply_is_reported_and_not_applied(private_redis: PrivateRedis) -> None:
+    storage = RedisStorageBackend("paused", url=private_redis.url, socket_timeout=0.3)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_x": {"after": ["a", "b"], "run": PASS}})
+    before = storage._read_session()
+
+    paused = PausingStorage("paused", url=private_redis.url, socket_timeout=0.3)
+    paused.admin = redis_mod.Redis(port=private_redis.port)
+    with pytest.raises(StorageUnavailableError, match="it was not applied"):
+        TriggerManager(paused).fire("a", {"n": 1})
+    paused.admin.execute_command("CLIENT", "UNPAUSE")
+    paused.admin.close()
+    after = storage._read_session()
+    assert (after.version, after.to_json()) == (before.version, before.to_json())
+
+
+def test_a_commit_whose_reply_was_lost_is_recognised_by_its_token(raw: Any, prefix: str) -> None:
+    storage = make("token", prefix=prefix)
+    TriggerManager(storage).fire("a", {})
+    token, version = raw.hmget(storage.keys[0], "commit", "version")
+    lost = redis_mod.TimeoutError("reply lost")
+    assert storage._committed_version(token, lost) == version
+    with pytest.raises(StorageUnavailableError, match="it was not applied"):
+        storage._committed_version("another-token", lost)
+
+
 def test_password_from_url_or_worker_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,3 +529,59 @@ def test_password_from_url_or_worker_environment(
         assert RedisStorageBackend("auth", **options).latest_kwargs == {"a": {"n": 1}}
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------
+# Names and contention
+# ---------------------------------------------------------------------------
+def test_non_ascii_names_round_trip(prefix: str) -> None:
+    uid = "sessión/😀:1"
+    storage = make(uid, prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration({"t_é😀": {"after": ["a/é", "b😀"], "run": PASS}})
+    with threading_runner():
+        manager.fire("a/é", {"text": "ü😀\u0000"})
+        assert [i.name for i in manager.fire("b😀", {})] == ["t_é😀#0"]
+        ThreadingTaskRunner.join_all(timeout=30)
+    storage.invalidate_cache()
+    assert storage["t_é😀#0"].metadata["result"] == {
+        "kwargs": {"a/é": {"text": "ü😀\u0000"}, "b😀": {}}
+    }
+    assert RedisStorageBackend.list_sessions(url=REDIS_URL, prefix=prefix) == [uid]
+
+
+def test_threads_firing_into_one_session_never_lose_an_instance(prefix: str) -> None:
+    import threading
+
+    uid = "contended"
+    make(uid, prefix=prefix)  # cleanup by prefix
+    TriggerManager(make(uid, prefix=prefix)).update_configuration(
+        {"t_each": {"after": [], "andEvery": "e", "run": DEVNULL}}
+    )
+    threads, fires = 6, 25
+    scheduled: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def fire_many(n: int) -> None:
+        try:
+            manager = TriggerManager(make(uid, prefix=prefix))
+            barrier.wait(timeout=30)
+            for i in range(fires):
+                scheduled.extend(x.name for x in manager.fire("e", {"thread": n, "i": i}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with threading_runner():
+        workers = [threading.Thread(target=fire_many, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        ThreadingTaskRunner.join_all(timeout=60)
+    assert not errors, errors
+    expected = {f"t_each#{n}" for n in range(threads * fires)}
+    assert sorted(scheduled) == sorted(expected)  # each dispatched exactly once
+    storage = make(uid, prefix=prefix)
+    assert {i.name: i.status for i in storage} == {name: "finished" for name in expected}
+    assert storage.metadata["counters"] == {"t_each": threads * fires}

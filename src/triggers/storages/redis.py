@@ -232,6 +232,17 @@ _connections: dict[tuple[Any, ...], _Connection] = {}
 _connections_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child starts with a fresh lock and none of its parent's connections."""
+    global _connections_lock
+    _connections_lock = threading.Lock()
+    _connections.clear()  # the parent's sockets are the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _connection(
     url: str, password: str | None, connect_timeout: float, socket_timeout: float
 ) -> _Connection:
@@ -599,7 +610,9 @@ def _failure(where: str, exc: Exception) -> StorageError:
     """A library error for a redis-py error (messages never include passwords)."""
     if isinstance(exc, redis.AuthenticationError):
         return StorageUnavailableError(f"{where}: authentication failed ({exc})")
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, redis.TimeoutError):
+        return StorageUnavailableError(f"{where}: Redis did not answer in time ({exc})")
+    if isinstance(exc, redis.ConnectionError):
         return StorageUnavailableError(f"{where}: Redis is unreachable ({exc})")
     return StorageError(f"{where}: {type(exc).__name__}: {exc}")
 
