@@ -171,3 +171,8 @@ class MarkerManager(TriggerManager):
         }
         with open(probe_path(self, "hooks"), "a", encoding="utf-8") as out:
             out.write(json.dumps(entry) + "\n")
+
+
+@app.task(name="triggers_test.plain")
+def plain(*args: Any, **kwargs: Any) -> None:
+    """A plain Celery task (not a TriggerTask): ``run`` must not name it."""
