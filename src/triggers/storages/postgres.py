@@ -107,6 +107,8 @@ CREATE TABLE IF NOT EXISTS {s}.trigger_index (
     task text NOT NULL,
     PRIMARY KEY (uid, trigger, task)
 );
+CREATE INDEX IF NOT EXISTS trigger_index_by_task
+    ON {s}.trigger_index (uid, task);
 CREATE TABLE IF NOT EXISTS {s}.trigger_instances (
     uid text NOT NULL,
     name text NOT NULL,
@@ -115,8 +117,8 @@ CREATE TABLE IF NOT EXISTS {s}.trigger_instances (
     data jsonb NOT NULL,
     PRIMARY KEY (uid, name)
 );
-CREATE INDEX IF NOT EXISTS trigger_instances_waiting
-    ON {s}.trigger_instances (uid, task, status);
+CREATE INDEX IF NOT EXISTS trigger_instances_unstarted
+    ON {s}.trigger_instances (uid, task, status) WHERE status = '{STATUS_UNSTARTED}';
 CREATE TABLE IF NOT EXISTS {s}.trigger_kwargs (
     uid text NOT NULL,
     trigger text NOT NULL,
@@ -144,29 +146,52 @@ class _Queries:
         self.lock = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
         # name -> (parameter types, body with $n placeholders)
         self.statements: dict[str, tuple[str, str]] = {}
-        # One statement returns the whole slice: kind 0 tasks, 1 instances, 2 kwargs.
-        # $1 uid, $2 triggers, $3 instance names, $4 their tasks, $5 'unstarted'.
-        self._prepare("read_slice", "text, text[], text[], text[], text", f"""
+        # The slice of a step, in at most two statements. Rows are (kind, name, text,
+        # counter): kind 0 a task using a fired trigger, 3 the task of a named
+        # instance, 1 an instance, 2 the latest kwargs of a trigger. Every lookup
+        # starts from a small array of names and goes through an index with all its
+        # columns given (LATERAL ... OFFSET 0 keeps the planner from turning it into
+        # a scan of the session, whatever the statistics say), so a step costs what
+        # it touches, not the size of the session.
+        # $1 uid, $2 triggers.
+        self._prepare("read_fire", "text, text[]", f"""
 WITH firing AS MATERIALIZED (
-    SELECT DISTINCT task FROM {s}.trigger_index WHERE uid = $1 AND trigger = ANY($2)
+    SELECT DISTINCT x.task
+      FROM unnest($2) AS f(trigger),
+           LATERAL (SELECT task FROM {s}.trigger_index
+                     WHERE uid = $1 AND trigger = f.trigger OFFSET 0) x
+), used AS MATERIALIZED (
+    SELECT DISTINCT x.trigger
+      FROM firing f,
+           LATERAL (SELECT trigger FROM {s}.trigger_index
+                     WHERE uid = $1 AND task = f.task OFFSET 0) x
 )
-SELECT 0, t.name, t.config::text, t.counter, t.name IN (SELECT task FROM firing)
-  FROM {s}.trigger_tasks t
- WHERE t.uid = $1 AND (t.name IN (SELECT task FROM firing) OR t.name = ANY($4))
+SELECT 0, t.name, t.config::text, t.counter
+  FROM firing f,
+       LATERAL (SELECT name, config, counter FROM {s}.trigger_tasks
+                 WHERE uid = $1 AND name = f.task OFFSET 0) t
 UNION ALL
-SELECT 1, i.name, i.data::text, NULL, NULL
-  FROM {s}.trigger_instances i
- WHERE i.uid = $1 AND i.status = $5 AND i.task IN (SELECT task FROM firing)
+SELECT 1, i.name, i.data::text, NULL
+  FROM firing f,
+       LATERAL (SELECT name, data FROM {s}.trigger_instances
+                 WHERE uid = $1 AND task = f.task AND status = '{STATUS_UNSTARTED}'
+                 OFFSET 0) i
 UNION ALL
-SELECT 1, i.name, i.data::text, NULL, NULL
-  FROM {s}.trigger_instances i
- WHERE i.uid = $1 AND i.name = ANY($3)
+SELECT 2, k.trigger, k.kwargs::text, NULL
+  FROM used u,
+       LATERAL (SELECT trigger, kwargs FROM {s}.trigger_kwargs
+                 WHERE uid = $1 AND trigger = u.trigger OFFSET 0) k""")
+        # $1 uid, $2 instance names, $3 their tasks.
+        self._prepare("read_named", "text, text[], text[]", f"""
+SELECT 3, t.name, t.config::text, t.counter
+  FROM unnest($3) AS w(name),
+       LATERAL (SELECT name, config, counter FROM {s}.trigger_tasks
+                 WHERE uid = $1 AND name = w.name OFFSET 0) t
 UNION ALL
-SELECT 2, k.trigger, k.kwargs::text, NULL, NULL
-  FROM {s}.trigger_kwargs k
- WHERE k.uid = $1 AND k.trigger IN (
-       SELECT x.trigger FROM {s}.trigger_index x
-        WHERE x.uid = $1 AND x.task IN (SELECT task FROM firing))""")
+SELECT 1, i.name, i.data::text, NULL
+  FROM unnest($2) AS n(name),
+       LATERAL (SELECT name, data FROM {s}.trigger_instances
+                 WHERE uid = $1 AND name = n.name OFFSET 0) i""")
         self._prepare("read_session", "text", f"""
 SELECT 0, name, config::text, counter FROM {s}.trigger_tasks WHERE uid = $1
 UNION ALL
@@ -442,8 +467,11 @@ class _Database:
             # long, and a lock wait is reported as such rather than as a slow statement.
             "statement_timeout": f"{max(2, int(self.timeout * 2000))}ms",
             "idle_in_transaction_session_timeout": f"{max(1, int(self.idle_timeout * 1000))}ms",
-            # Plans of the prepared statements do not depend on their parameters.
+            # Plans of the prepared statements do not depend on their parameters:
+            # every read goes through a key. Sequential scans are never right for
+            # them, whatever the statistics of small or bloated tables suggest.
             "plan_cache_mode": "force_generic_plan",
+            "enable_seqscan": "off",
         }
         if not self.synchronous_commit:
             settings["synchronous_commit"] = "off"
@@ -590,16 +618,21 @@ class _Tx:
         self.writes: list[str] = []
         self.committing = False
 
-    def query(self, statement: str) -> list[tuple[Any, ...]]:
-        """Run ``statement`` (after the BEGIN/lock prefix if not sent yet); its rows."""
+    def query(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Run ``statements`` (after the BEGIN/lock prefix if not sent yet).
+
+        Returns the rows of all of them, in order, in one round trip.
+        """
+        text = "; ".join(statements)
         if not self.sent:
-            statement = f"{self.prefix}; {statement}"
+            text = f"{self.prefix}; {text}"
             self.sent = True
         cur = self.cur
-        cur.execute(statement)
+        cur.execute(text)
+        results = [cur.fetchall() if cur.description is not None else []]
         while cur.nextset():
-            pass
-        return cur.fetchall()
+            results.append(cur.fetchall() if cur.description is not None else [])
+        return [row for rows in results[-len(statements):] for row in rows]
 
     def commit(self) -> None:
         if self.writes:
@@ -896,24 +929,27 @@ class PostgresStorageBackend(BaseTriggerStorage):
         if not triggers and not instance_names:
             return SessionSlice()
         sql = self._db.sql
-        rows = tx.query(
-            f"EXECUTE {sql.name('read_slice')}({self._uid_literal()}, "
-            f"{_text_array(sorted(triggers))}, {_text_array(sorted(instance_names))}, "
-            f"{_text_array(sorted({task_name_of(n) for n in instance_names}))}, "
-            f"{_literal(STATUS_UNSTARTED)})"
-        )
+        uid = self._uid_literal()
+        statements = []
+        if triggers:
+            statements.append(
+                f"EXECUTE {sql.name('read_fire')}({uid}, {_text_array(sorted(triggers))})"
+            )
+        if instance_names:
+            statements.append(
+                f"EXECUTE {sql.name('read_named')}({uid}, {_text_array(sorted(instance_names))}, "
+                f"{_text_array(sorted({task_name_of(n) for n in instance_names}))})"
+            )
+        rows = tx.query(*statements)
         configs: dict[str, TaskConfig] = {}
         counters: dict[str, int] = {}
-        firing: list[str] = []
         raw_instances: list[str] = []
         latest: dict[str, Any] = {}
         loads = json.loads
-        for kind, name, text, counter, is_firing in rows:
-            if kind == 0:
+        for kind, name, text, counter in rows:
+            if kind == 0 or kind == 3:
                 configs[name] = decode_config(name, text)
                 counters[name] = counter
-                if is_firing:
-                    firing.append(name)
             elif kind == 1:
                 raw_instances.append(text)
             else:
@@ -938,7 +974,9 @@ class PostgresStorageBackend(BaseTriggerStorage):
 
             def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
                 cur = psycopg.ClientCursor(conn)
-                cur.execute(statement, (self.uid,))
+                # One implicit transaction: the settings apply to the read.
+                cur.execute(f"{db.settings_sql}; {statement % self._uid_literal()}")
+                cur.nextset()
                 return cur.fetchall()
 
             rows = db.run(f"session {self.uid!r}", read)
