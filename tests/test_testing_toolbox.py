@@ -148,7 +148,8 @@ def test_assertions_fail_with_informative_messages(manager: TriggerManager) -> N
     assert "'failed'" in message and "'finished'" in message and "result" in message
 
     message = failure(a.assertInstanceFinished, "t_pass#0", {"kwargs": {}})
-    assert "'go'" in message  # the dict diff shows the actual result
+    assert "'go'" in message  # the dict diff shows the actual result...
+    assert "unexpected result of t_pass#0" in message and "actualKwargs" in message  # ...metadata
 
     message = failure(a.assertInstanceMissing, "t_pass#0")
     assert "t_pass#0" in message and "finished" in message and "metadata" in message
@@ -167,6 +168,7 @@ def test_assertions_fail_with_informative_messages(manager: TriggerManager) -> N
 
     message = failure(a.assertUnresolvedTasks, ["t_fail"])
     assert "t_idle" in message and "t_wait" in message
+    assert "t_fail#0 is 'failed'" in message and "Traceback" in message
 
     message = failure(a.assertUnresolvedInstances, ["t_wait#0"])
     assert "t_fail#0" in message and "Traceback" in message

@@ -161,7 +161,9 @@ class TriggerManagerTestCaseMixin:
     def assertInstanceAbandoned(self, instance_name: str) -> TaskInstance:
         return self._assert_status(instance_name, STATUS_ABANDONED)
 
-    def assertInstanceFailed(self, instance_name: str, exc_type: type[BaseException]) -> TaskInstance:
+    def assertInstanceFailed(
+        self, instance_name: str, exc_type: type[BaseException]
+    ) -> TaskInstance:
         instance = self._assert_status(instance_name, STATUS_FAILED)
         expected = f"{exc_type.__module__}.{exc_type.__qualname__}"
         actual = instance.metadata.get("exceptionType")
@@ -178,7 +180,9 @@ class TriggerManagerTestCaseMixin:
         instance = self._assert_status(instance_name, STATUS_FINISHED)
         if expected_result is not None:
             self.assertDictEqual(  # type: ignore[attr-defined]
-                dict(instance.metadata.get("result") or {}), dict(expected_result)
+                dict(instance.metadata.get("result") or {}),
+                dict(expected_result),
+                f"unexpected result of {instance_name}.\n{describe_instance(instance)}",
             )
         return instance
 
@@ -202,8 +206,14 @@ class TriggerManagerTestCaseMixin:
     def assertUnresolvedTasks(self, names: list[str]) -> None:
         self.join_tasks()
         self.manager.storage.invalidate_cache()
-        actual = sorted(t.name for t in self.manager.storage.get_unresolved_tasks())
-        self.assertListEqual(actual, sorted(names))  # type: ignore[attr-defined]
+        storage = self.manager.storage
+        actual = sorted(t.name for t in storage.get_unresolved_tasks())
+        details = "\n".join(describe_instance(i) for i in storage.get_unresolved_instances())
+        self.assertListEqual(  # type: ignore[attr-defined]
+            actual,
+            sorted(names),
+            f"unexpected unresolved tasks; unresolved instances:\n{details or '(none)'}",
+        )
 
     def assertUnresolvedInstances(self, names: list[str]) -> None:
         self.join_tasks()
