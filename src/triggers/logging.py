@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from triggers.exceptions import with_context
 
@@ -23,7 +23,7 @@ class LevelTracker:
             self.max_level = level
 
 
-class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ContextLogger(logging.LoggerAdapter):
     """A logger adapter that attaches a context to every message.
 
     ``logger.info('msg', extra={'context': {...}})`` adds per-message context on
@@ -42,7 +42,8 @@ class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     @property
     def context(self) -> dict[str, Any]:
-        return self.extra["context"]  # type: ignore[index,no-any-return]
+        extra = cast("Mapping[str, Any]", self.extra)
+        return cast("dict[str, Any]", extra["context"])
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]

@@ -222,10 +222,10 @@ def _validate_pydantic(model: Any, data: Any, trigger: str | None) -> dict[str, 
             f"{where}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         ]
         raise _InvalidKwargs(problems) from None
-    return obj.model_dump()  # type: ignore[no-any-return]
+    return obj.model_dump()
 
 
-class TriggerTask(celery.Task):  # type: ignore[misc]
+class TriggerTask(celery.Task):
     """Base class of trigger tasks: override ``_run(context)``, not ``run``."""
 
     abstract = True
@@ -261,13 +261,13 @@ class TriggerTask(celery.Task):  # type: ignore[misc]
         ctx = getattr(self._local_state(), "context", None)
         if ctx is None:
             raise RuntimeError(f"{self.name}: no task instance is running in this thread")
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     def _local_state(self) -> threading.local:
         state = self.__dict__.get("_trigger_local")
         if state is None:
             state = self.__dict__.setdefault("_trigger_local", threading.local())
-        return state  # type: ignore[no-any-return]
+        return state
 
     @contextmanager
     def _running(self, context: TaskContext) -> Iterator[None]:
@@ -283,7 +283,7 @@ class TriggerTask(celery.Task):  # type: ignore[misc]
         """``raise self.skip(metadata)`` ends the instance as ``skipped``."""
         return StatusChange(STATUS_SKIPPED, metadata)
 
-    def retry(  # type: ignore[override]
+    def retry(
         self,
         exc: BaseException | None = None,
         metadata: Mapping[str, Any] | None = None,

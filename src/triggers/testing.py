@@ -36,7 +36,7 @@ T = TypeVar("T", bound=type)
 
 def name_matches_classpath(cls: T) -> T:
     """Class decorator: set a task's Celery name to its Python path (``module.Class``)."""
-    cls.name = f"{cls.__module__}.{cls.__qualname__}"
+    cls.name = f"{cls.__module__}.{cls.__qualname__}"  # type: ignore[attr-defined]
     return cls
 
 
