@@ -62,6 +62,9 @@ TABLES = (
     "trigger_kwargs",
 )
 
+#: The indexes besides the primary keys.
+INDEXES = ("trigger_index_by_task", "trigger_instances_unstarted")
+
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 #: SQLSTATEs after which a step is retried from scratch (nothing was committed).
@@ -541,7 +544,16 @@ class _Database:
         """Create the schema and tables if missing (idempotent, safe concurrently)."""
         what = f"{what}: " if what else ""
 
+        objects = [f'"{self.schema}".{name}' for name in (*TABLES, *INDEXES)]
+
         def create(conn: psycopg.Connection[Any]) -> None:
+            # When everything exists, do not even run the DDL: CREATE INDEX IF NOT
+            # EXISTS would wait for (and hold up) concurrent writers.
+            present = conn.execute(
+                "SELECT count(to_regclass(o)) FROM unnest(%s::text[]) AS o", (objects,)
+            ).fetchone()
+            if present and present[0] == len(objects):
+                return
             with conn.transaction():
                 conn.execute(self.settings_sql)
                 conn.execute(self.sql.lock, (self.sql.lock_namespace, "-schema-"))
