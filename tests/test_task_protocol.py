@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import celery
 import pytest
 
-import celery
 from sample_tasks import (
     P,
     PirateRunner,

@@ -130,7 +130,9 @@ def parse_configuration(config: Any) -> dict[str, TaskConfig]:
     """Validate a whole configuration mapping ``{task_name: {directive: value}}``."""
     if not isinstance(config, Mapping):
         raise ConfigurationError(
-            None, None, f"expected a mapping of task names to directives, got {type(config).__name__}"
+            None,
+            None,
+            f"expected a mapping of task names to directives, got {type(config).__name__}",
         )
     return {name: parse_task(name, data) for name, data in config.items()}
 
