@@ -585,3 +585,26 @@ def test_threads_firing_into_one_session_never_lose_an_instance(prefix: str) -> 
     storage = make(uid, prefix=prefix)
     assert {i.name: i.status for i in storage} == {name: "finished" for name in expected}
     assert storage.metadata["counters"] == {"t_each": threads * fires}
+
+
+def test_large_configurations_and_commits_are_chunked(prefix: str) -> None:
+    """Thousands of tasks in one update, thousands of instances in one save."""
+    storage = make("large", prefix=prefix)
+    manager = TriggerManager(storage)
+    tasks = {f"t_{n:04d}": {"after": ["go", f"own-{n}"], "run": DEVNULL} for n in range(3000)}
+    manager.update_configuration(tasks)
+    assert manager.fire("go", {}) == []
+    slice_ = storage._read_slice(frozenset({"go"}), frozenset())
+    assert len(slice_.tasks) == 3000 and len(slice_.instances) == 3000
+    assert set(slice_.latest_kwargs) == {"go"}
+    # Reconfigure them all away from "go": the index follows.
+    manager.update_configuration(
+        {name: {"after": ["other"], "run": DEVNULL} for name in tasks}
+    )
+    assert storage._read_slice(frozenset({"go"}), frozenset()).tasks == {}
+    with storage.acquire_lock():
+        for instance in list(storage):
+            instance.status = "abandoned"
+            storage[instance.name] = instance
+        storage.save()
+    assert storage._read_slice(frozenset({"other"}), frozenset()).instances == {}

@@ -16,10 +16,13 @@
 -- deleted and created again never reuses a version a slow step may still hold.
 
 local args = cjson.decode(ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'version') or '0'
-if current ~= args[1] then
+local current = redis.call('HGET', KEYS[1], 'version')
+if (current or '0') ~= args[1] then
   return false
 end
+local ttl = tonumber(args[2])
+-- Whether the session's keys currently expire (checked before writing anything).
+local had_ttl = (not ttl) and current and redis.call('PTTL', KEYS[1]) >= 0
 
 local pos = 4
 local function take()
@@ -28,102 +31,158 @@ local function take()
   return value
 end
 
--- A JSON list of names kept in a hash field, edited as a set.
-local function edit_list(key, field, edits)
-  local text = redis.call('HGET', key, field)
-  local members, present = {}, {}
-  if text then
-    for _, name in ipairs(cjson.decode(text)) do
-      present[name] = true
-      members[#members + 1] = name
-    end
+-- HSET of many field/value pairs, in chunks (Lua's unpack is limited by the C stack).
+local function hset_many(key, pairs_list)
+  local n = #pairs_list
+  for i = 1, n, 1000 do
+    redis.call('HSET', key, unpack(pairs_list, i, math.min(i + 999, n)))
   end
-  local changed = false
-  for name, keep in pairs(edits) do
-    if keep and not present[name] then
-      present[name] = true
-      members[#members + 1] = name
-      changed = true
-    elseif not keep and present[name] then
-      present[name] = nil
-      changed = true
-    end
-  end
-  if not changed then return end
+end
+
+-- HMGET / HDEL of many fields, in chunks.
+local function hmget_many(key, fields)
   local out = {}
-  for _, name in ipairs(members) do
-    if present[name] then out[#out + 1] = name end
+  local n = #fields
+  for i = 1, n, 1000 do
+    local j = math.min(i + 999, n)
+    local part = redis.call('HMGET', key, unpack(fields, i, j))
+    for k = 1, j - i + 1 do out[#out + 1] = part[k] end
   end
-  if #out == 0 then
-    redis.call('HDEL', key, field)
-  else
-    redis.call('HSET', key, field, cjson.encode(out))
+  return out
+end
+
+local function hdel_many(key, fields)
+  local n = #fields
+  for i = 1, n, 1000 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 999, n)))
   end
+end
+
+-- Hash fields holding JSON lists of names, edited as sets:
+-- edits[field][name] = true (add) or false (remove). Two calls for any number of fields.
+local function edit_lists(key, edits)
+  local fields = {}
+  for field in pairs(edits) do fields[#fields + 1] = field end
+  if #fields == 0 then return end
+  local texts = hmget_many(key, fields)
+  local sets, deletes = {}, {}
+  for i, field in ipairs(fields) do
+    local members, present = {}, {}
+    if texts[i] then
+      for _, name in ipairs(cjson.decode(texts[i])) do
+        present[name] = true
+        members[#members + 1] = name
+      end
+    end
+    local changed = false
+    for name, keep in pairs(edits[field]) do
+      if keep and not present[name] then
+        present[name] = true
+        members[#members + 1] = name
+        changed = true
+      elseif not keep and present[name] then
+        present[name] = nil
+        changed = true
+      end
+    end
+    if changed then
+      local out = {}
+      for _, name in ipairs(members) do
+        if present[name] then out[#out + 1] = name end
+      end
+      if #out == 0 then
+        deletes[#deletes + 1] = field
+      else
+        sets[#sets + 1] = field
+        sets[#sets + 1] = cjson.encode(out)
+      end
+    end
+  end
+  if #sets > 0 then hset_many(key, sets) end
+  if #deletes > 0 then hdel_many(key, deletes) end
+end
+
+local function add_edit(edits, field, name, keep)
+  local edit = edits[field]
+  if not edit then
+    edit = {}
+    edits[field] = edit
+  end
+  edit[name] = keep
 end
 
 -- Task configurations, and the trigger index (trigger -> tasks using it).
-local index_edits = {}
-local function index_edit(trigger, task, keep)
-  local edits = index_edits[trigger]
-  if not edits then
-    edits = {}
-    index_edits[trigger] = edits
+local n_tasks = tonumber(take())
+if n_tasks > 0 then
+  local configs, names, new_triggers = {}, {}, {}
+  for i = 1, n_tasks do
+    local name, config, triggers = take(), take(), take()
+    configs[#configs + 1] = name
+    configs[#configs + 1] = config
+    names[i] = name
+    new_triggers[i] = triggers
   end
-  edits[task] = keep
-end
-for _ = 1, tonumber(take()) do
-  local name, config, triggers = take(), take(), take()
-  redis.call('HSET', KEYS[2], name, config)
-  local old = redis.call('HGET', KEYS[3], name)
-  if old ~= triggers then
-    if old then
-      for _, trigger in ipairs(cjson.decode(old)) do index_edit(trigger, name, false) end
+  hset_many(KEYS[2], configs)
+  local old_triggers = hmget_many(KEYS[3], names)
+  local index_edits, changed = {}, {}
+  for i, name in ipairs(names) do
+    if old_triggers[i] ~= new_triggers[i] then
+      if old_triggers[i] then
+        for _, trigger in ipairs(cjson.decode(old_triggers[i])) do
+          add_edit(index_edits, trigger, name, false)
+        end
+      end
+      for _, trigger in ipairs(cjson.decode(new_triggers[i])) do
+        add_edit(index_edits, trigger, name, true)
+      end
+      changed[#changed + 1] = name
+      changed[#changed + 1] = new_triggers[i]
     end
-    for _, trigger in ipairs(cjson.decode(triggers)) do index_edit(trigger, name, true) end
-    redis.call('HSET', KEYS[3], name, triggers)
   end
+  if #changed > 0 then hset_many(KEYS[3], changed) end
+  edit_lists(KEYS[4], index_edits)
 end
-for trigger, edits in pairs(index_edits) do edit_list(KEYS[4], trigger, edits) end
 
 -- Instances, and the per-task lists of unstarted instances.
-local unstarted_edits = {}
-for _ = 1, tonumber(take()) do
-  local name, task, status, data = take(), take(), take(), take()
-  redis.call('HSET', KEYS[5], name, data)
-  local edits = unstarted_edits[task]
-  if not edits then
-    edits = {}
-    unstarted_edits[task] = edits
+local n_instances = tonumber(take())
+if n_instances > 0 then
+  local records, unstarted_edits = {}, {}
+  for _ = 1, n_instances do
+    local name, task, status, data = take(), take(), take(), take()
+    records[#records + 1] = name
+    records[#records + 1] = data
+    add_edit(unstarted_edits, task, name, status == 'unstarted')
   end
-  edits[name] = (status == 'unstarted')
-end
-for task, edits in pairs(unstarted_edits) do edit_list(KEYS[6], task, edits) end
-
-for _ = 1, tonumber(take()) do
-  local trigger, kwargs = take(), take()
-  redis.call('HSET', KEYS[7], trigger, kwargs)
+  hset_many(KEYS[5], records)
+  edit_lists(KEYS[6], unstarted_edits)
 end
 
-for _ = 1, tonumber(take()) do
-  local task, counter = take(), take()
-  redis.call('HSET', KEYS[8], task, counter)
+-- Latest kwargs, then counters: (field, value) pairs.
+for key = 7, 8 do
+  local n = tonumber(take())
+  if n > 0 then
+    local records = {}
+    for i = 1, 2 * n do records[i] = take() end
+    hset_many(KEYS[key], records)
+  end
 end
 
 local time = redis.call('TIME')
 local now_us = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local version = tonumber(current) + 1
+local version = tonumber(current or '0') + 1
 if now_us > version then version = now_us end
 version = string.format('%.0f', version)
 local now = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
-redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3])
-redis.call('HSETNX', KEYS[1], 'created', now)
+if current then
+  redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3])
+else
+  redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3],
+    'created', now)
+end
 
-local ttl = tonumber(args[2])
-for i = 1, #KEYS do
-  if ttl then
-    redis.call('EXPIRE', KEYS[i], ttl)
-  else
-    redis.call('PERSIST', KEYS[i])
-  end
+if ttl then
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end
+elseif had_ttl then
+  for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 end
 return version
