@@ -505,6 +505,42 @@ def test_work_continues_after_the_server_kills_the_connections(admin: psycopg.Co
         PostgresStorageBackend.close_pools(dsn)
 
 
+def test_a_connection_lost_during_commit_is_reported_and_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from triggers.storages.postgres import PostgresStorageBackend
+
+    dsn = f"{POSTGRES_DSN}?application_name=triggers_commit_{uuid.uuid4().hex[:8]}"
+    storage = make(dsn=dsn)
+    try:
+        manager = TriggerManager(storage)
+        manager.fire("x", {"n": 1})
+        original = storage._write_changes
+        calls = []
+
+        def write_then_die(slice_, changes):
+            calls.append(changes)
+            original(slice_, changes)
+            # The server ends this connection while the writes and COMMIT are in flight.
+            storage._current("test").writes.append(
+                "SELECT pg_terminate_backend(pg_backend_pid())"
+            )
+
+        monkeypatch.setattr(storage, "_write_changes", write_then_die)
+        with pytest.raises(StorageError, match="may or may not have been applied"):
+            manager.fire("x", {"n": 2})
+        assert len(calls) == 1  # an unknown outcome is never retried blindly
+        monkeypatch.undo()
+        storage.invalidate_cache()
+        assert storage.latest_kwargs == {"x": {"n": 1}}  # here it was not applied
+        manager.fire("x", {"n": 3})  # and the storage works on
+        storage.invalidate_cache()
+        assert storage.latest_kwargs == {"x": {"n": 3}}
+    finally:
+        storage.delete_session()
+        PostgresStorageBackend.close_pools(dsn)
+
+
 def _fire_in_child(uid: str, queue: mp.Queue) -> None:
     try:
         TriggerManager(make(uid)).fire("other", {"from": os.getpid()})

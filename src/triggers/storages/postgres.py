@@ -673,9 +673,7 @@ class _TxState(threading.local):
     current: _Tx | None = None
 
 
-def _translate(
-    db: _Database, exc: psycopg.Error, what: str, committing: bool = False
-) -> StorageError:
+def _translate(db: _Database, exc: psycopg.Error, what: str) -> StorageError:
     """A clear :class:`StorageError` for ``exc`` (password scrubbed)."""
     detail = db.scrub(str(exc).strip()) or type(exc).__name__
     timeout = db.timeout
@@ -696,11 +694,6 @@ def _translate(
             "nothing was written"
         )
     broken = exc.sqlstate is None and isinstance(exc, psycopg.OperationalError)
-    if committing and broken:
-        return StorageError(
-            f"{what}: the connection to PostgreSQL at {db.target} was lost while committing; "
-            f"the step may or may not have been applied ({detail})"
-        )
     if broken or isinstance(exc, pg_errors.AdminShutdown):
         return StorageUnavailableError(f"{what}: PostgreSQL at {db.target} failed: {detail}")
     if exc.sqlstate is None:
@@ -910,13 +903,16 @@ class PostgresStorageBackend(BaseTriggerStorage):
         """The error to raise for ``exc``: :class:`_Retry` when nothing was committed."""
         db = self._db
         what = f"session {self.uid!r}"
-        if (conn.broken or conn.closed) and not committing:
+        if conn.broken or conn.closed:
             _forget_prepared(conn)
-            entry.pool.check()
-            return _Retry(
-                f"{what}: connection to {db.target} lost before commit: "
-                f"{db.scrub(str(exc).strip())}"
-            )
+            entry.pool.check()  # drop the other dead connections too
+            detail = db.scrub(str(exc).strip())
+            if committing:
+                return StorageError(
+                    f"{what}: the connection to PostgreSQL at {db.target} was lost while "
+                    f"committing; the step may or may not have been applied ({detail})"
+                )
+            return _Retry(f"{what}: connection to {db.target} lost before commit: {detail}")
         if exc.sqlstate in _RETRYABLE_SQLSTATES:
             return _Retry(f"{what}: {db.scrub(str(exc).strip())}")
         if exc.sqlstate == "26000":  # a prepared statement vanished (DISCARD/DEALLOCATE)
@@ -927,7 +923,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
             _schema_ready.discard((os.getpid(), db.public_dsn, db.password, db.schema))
             _forget_prepared(conn)
             return _Retry(f"{what}: {db.scrub(str(exc).strip())}")
-        return _translate(db, exc, what, committing)
+        return _translate(db, exc, what)
 
     def _current(self, action: str) -> _Tx:
         tx = self._tx.current
