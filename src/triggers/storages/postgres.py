@@ -613,6 +613,10 @@ class _Retry(StorageError):
     """A step failed in a way that guarantees nothing was committed; run it again."""
 
 
+#: Statements in the prefix of a step (BEGIN, settings, lock): see ``_begin_sql``.
+_PREFIX_STATEMENTS = 3
+
+
 class _Tx:
     """One open step: its connection, the not-yet-sent BEGIN/lock, queued writes.
 
@@ -639,12 +643,18 @@ class _Tx:
         if not self.sent:
             text = f"{self.prefix}; {text}"
             self.sent = True
+            skip = _PREFIX_STATEMENTS
+        else:
+            skip = 0
         cur = self.cur
         cur.execute(text)
-        results = [cur.fetchall() if cur.description is not None else []]
-        while cur.nextset():
-            results.append(cur.fetchall() if cur.description is not None else [])
-        return [row for rows in results[-len(statements):] for row in rows]
+        for _ in range(skip):
+            cur.nextset()
+        rows = cur.fetchall()
+        for _ in range(len(statements) - 1):
+            cur.nextset()
+            rows += cur.fetchall()
+        return rows
 
     def commit(self) -> None:
         if self.writes:
@@ -888,7 +898,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
             entry.pool.putconn(conn)
 
     def _begin_sql(self) -> str:
-        """``BEGIN``, the step's settings and the session lock, as one string."""
+        """``BEGIN``, the step's settings and the session lock: three statements."""
         if self._begin is None:
             db = self._db
             self._begin = (
