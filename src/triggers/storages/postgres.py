@@ -360,8 +360,18 @@ class _Pool:
             "autocommit": True,
             "connect_timeout": max(2, int(round(connect_timeout))),
         }
-        if "application_name" not in _parse_dsn(conninfo):
-            kwargs["application_name"] = "triggers"
+        given = _parse_dsn(conninfo)
+        defaults: dict[str, Any] = {
+            "application_name": "triggers",
+            # A server that vanishes without closing the connection (network
+            # partition, machine lost) is noticed within about 25 s instead of
+            # the system's default of hours: no step waits forever.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        kwargs.update({k: v for k, v in defaults.items() if k not in given})
         if password is not None:
             kwargs["password"] = password
         pool_ref = self
