@@ -75,7 +75,7 @@ class FunctionTriggerTask(TriggerTask):
                 "@app.task(base=FunctionTriggerTask) / @trigger_task(app); subclasses "
                 "written as classes override _run(context) instead"
             )
-        return function(context)  # type: ignore[no-any-return]
+        return function(context)
 
 
 @overload

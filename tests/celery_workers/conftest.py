@@ -36,6 +36,7 @@ from types import ModuleType
 import pytest
 
 from triggers.manager import TriggerManager
+from triggers.runners.celery import CeleryTaskRunner
 from triggers.storages.sqlite import SqliteStorageBackend
 
 from . import tasks as app_module
@@ -210,6 +211,13 @@ def special_worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def queues() -> tuple[str, str]:
     """This run's default queue and the routed ("special") queue."""
     return QUEUE, SPECIAL_QUEUE
+
+
+@pytest.fixture(autouse=True)
+def pin_celery_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publish with the test app, whatever other apps this pytest process created
+    (Celery copies ``@app.task`` tasks to every app, so names are not unique)."""
+    monkeypatch.setattr(CeleryTaskRunner, "celery_app", app_module.app)
 
 
 ManagerFactory = Callable[..., TriggerManager]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,11 @@ import pytest
 from triggers.celery_support import FunctionTriggerTask, trigger_task, wait_for_session
 from triggers.exceptions import ConfigurationError, DispatchError, TaskNotFoundError
 from triggers.manager import TriggerManager
-from triggers.runners.celery import InvalidCeleryOptions, celery_options
+from triggers.runners.celery import CeleryTaskRunner, InvalidCeleryOptions, celery_options
 from triggers.storages.memory import MemoryStorageBackend
 from triggers.task import TaskContext, TriggerTask, resolve_task
 from triggers.testing import threading_runner
-from triggers.types import TaskConfig
+from triggers.types import TaskConfig, TaskInstance
 
 from . import tasks as app_module
 
@@ -131,6 +132,50 @@ def test_autodiscovery_finds_trigger_tasks(tmp_path: Path, monkeypatch: pytest.M
     finally:
         for module in [m for m in sys.modules if m.startswith(package)]:
             del sys.modules[module]
+
+
+def _resolve_in_new_thread(runner: CeleryTaskRunner, instance: TaskInstance) -> object:
+    """runner.resolve() from a thread with no current Celery app (like a web request)."""
+    outcome: list[object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(runner.resolve(instance))
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(10)
+    assert outcome, "resolve() did not return within 10 s"
+    return outcome[0]
+
+
+def test_task_copied_to_several_apps_resolves_without_guessing(
+    manager: TriggerManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CeleryTaskRunner, "celery_app", None)
+    main = app_module.app
+    other = celery.Celery("other", set_as_current=False, broker="memory://")
+    try:
+        # Celery copied the @app.task tasks of the test app to the new app.
+        assert "triggers_test.record_fn" in other.tasks
+        manager.update_configuration(
+            {"t_a": {"after": ["x", "y"], "run": "triggers_test.record_fn"}}
+        )
+        manager.fire("x")
+        instance = manager.storage["t_a#0"]
+        runner = CeleryTaskRunner()
+        main.set_current()  # this thread's current app wins
+        assert runner.resolve(instance).app is main
+        # a thread with no current app: two brokers, no default -> refuse, no guess
+        refused = _resolve_in_new_thread(runner, instance)
+        assert isinstance(refused, DispatchError)
+        assert "several Celery apps" in str(refused) and "memory://" in str(refused)
+        monkeypatch.setattr(CeleryTaskRunner, "celery_app", other)  # pinned
+        assert _resolve_in_new_thread(runner, instance).app is other  # type: ignore[attr-defined]
+    finally:
+        other.close()
 
 
 # --- refusals ----------------------------------------------------------------------

@@ -27,12 +27,14 @@ directive) and the step that would have scheduled it changes nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from triggers.exceptions import ConfigurationError, DispatchError, TaskNotFoundError
 from triggers.runners.base import BaseTaskRunner, build_message
 
 if TYPE_CHECKING:
+    import celery
+
     from triggers.manager import TriggerManager
     from triggers.task import TriggerTask
     from triggers.types import TaskConfig, TaskInstance
@@ -114,6 +116,50 @@ def celery_options(config: TaskConfig) -> dict[str, Any]:
     return options
 
 
+def _registered_trigger_tasks(run: str) -> list[TriggerTask]:
+    """The TriggerTasks registered under ``run`` on the Celery apps of this process."""
+    from celery import _state
+
+    from triggers.task import TriggerTask
+
+    found = []
+    for app in list(_state._get_active_apps()):
+        try:
+            task = app.tasks.get(run)
+        except RuntimeError:  # an app that must not be finalized yet
+            task = app._tasks.get(run)
+        if isinstance(task, TriggerTask):
+            found.append(task)
+    return found
+
+
+def _choose(config: TaskConfig, candidates: list[TriggerTask]) -> TriggerTask:
+    """One of several apps' copies of a task: current app, default app, else one broker."""
+    from celery import _state
+
+    preferred = [getattr(_state._tls, "current_app", None), _state.default_app]
+    for app in preferred:
+        if app is None or (app is _state.default_app and app.main == "default"):
+            continue  # Celery's automatic fallback app is never a deliberate choice
+        for task in candidates:
+            if task.app is app:
+                return task
+    named = [t for t in candidates if t.app.main != "default"] or candidates
+    brokers = {str(t.app.conf.broker_url) for t in named}
+    if len(brokers) > 1:
+        from kombu.utils.url import maybe_sanitize_url  # no passwords in messages
+
+        apps = ", ".join(
+            sorted(f"{t.app.main!r} ({maybe_sanitize_url(t.app.conf.broker_url)})" for t in named)
+        )
+        raise DispatchError(
+            f"task {config.name!r}: run={config.run!r} is registered on several Celery apps "
+            f"with different brokers: {apps}; make one current or default "
+            "(app.set_default()) or set CeleryTaskRunner.celery_app"
+        )
+    return min(named, key=lambda t: str(t.app.main))
+
+
 class CeleryTaskRunner(BaseTaskRunner):
     """Publishes each scheduled instance as a Celery task message (JSON only).
 
@@ -135,21 +181,47 @@ class CeleryTaskRunner(BaseTaskRunner):
     - the routing directives are valid (:class:`InvalidCeleryOptions`).
     """
 
+    #: The Celery app to publish with. None: the app that registered the task.
+    #: When several apps of this process have a TriggerTask under the ``run``
+    #: name (Celery copies ``@app.task`` tasks to every app), the thread's
+    #: current app, else the default app (``app.set_default()``), else any of
+    #: them if they all use the same broker; otherwise dispatch is refused.
+    celery_app: ClassVar[celery.Celery | None] = None
+
     def resolve(self, task_instance: TaskInstance) -> TriggerTask:
-        task = super().resolve(task_instance)
-        run = task_instance.config.run
-        try:
-            registered = task.app.tasks.get(task.name)
-        except RuntimeError:
-            registered = None
-        if registered is None:
-            raise TaskNotFoundError(
-                f"task {task_instance.config.name!r}: run={run!r} is not registered on the "
-                f"Celery app {task.app.main!r}; workers could not run it "
-                "(register it with app.register_task(), @app.task(base=FunctionTriggerTask) "
-                "or @trigger_task(app) from triggers.celery_support)"
-            )
-        return task
+        """The registered TriggerTask to publish ``task_instance`` with.
+
+        Raises :class:`TaskNotFoundError` naming ``run`` when no Celery app of
+        this process registered a TriggerTask under that name, and
+        :class:`DispatchError` when several apps with different brokers did
+        and none of them is pinned, current or default.
+        """
+        config = task_instance.config
+        candidates = _registered_trigger_tasks(config.run)
+        pinned = type(self).celery_app
+        if pinned is not None:
+            for task in candidates:
+                if task.app is pinned:
+                    return task
+            where = f"{pinned.main!r} (CeleryTaskRunner.celery_app)"
+            if pinned.tasks.get(config.run) is not None:
+                raise TaskNotFoundError(
+                    f"task {config.name!r}: run={config.run!r} names a Celery task of the app "
+                    f"{where} that does not extend TriggerTask"
+                )
+        else:
+            if len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                return _choose(config, candidates)
+            task = super().resolve(task_instance)  # a Python path, or TaskNotFoundError
+            where = repr(task.app.main)
+        raise TaskNotFoundError(
+            f"task {config.name!r}: run={config.run!r} is not registered on the "
+            f"Celery app {where}; workers could not run it "
+            "(register it with app.register_task(), @app.task(base=FunctionTriggerTask) "
+            "or @trigger_task(app) from triggers.celery_support)"
+        )
 
     def check(self, manager: TriggerManager, task_instance: TaskInstance) -> None:
         task = self.resolve(task_instance)
