@@ -11,6 +11,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -32,8 +33,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Helpers
 # ---------------------------------------------------------------------------
 def console() -> Console:
-    """The console commands print to (``sys.stdout`` at the time of printing)."""
-    return Console(soft_wrap=False)
+    """The console commands print to (``sys.stdout`` at the time of printing).
+
+    Output to a file or a pipe gets 120 columns (rich would assume 80) unless
+    ``COLUMNS`` says otherwise; a terminal gets its own width.
+    """
+    out = Console(soft_wrap=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(soft_wrap=False, width=120)
+    return out
 
 
 def _message(exc: BaseException) -> str:
