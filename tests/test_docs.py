@@ -204,3 +204,18 @@ def run_pytest_block(block: Block, directory: Path, where: str) -> None:
     assert completed.returncode == 0, (
         f"{where}: pytest failed\n{completed.stdout}\n{completed.stderr}\n\n{block.source}"
     )
+
+
+def test_readme_starts_with_a_pitch_and_two_commands():
+    text = README.read_text(encoding="utf-8")
+    first_block = FENCE.search(text)
+    assert first_block is not None
+    before = text[: first_block.start()]
+    assert before.count("\n\n") <= 3, "the first screen is a title, one paragraph and one line"
+    commands = [
+        line.split("#")[0].strip()
+        for line in first_block.group(2).splitlines()
+        if line.strip()
+    ]
+    assert commands == ["make demo", "make test"]
+    assert ".ci/run" in text
