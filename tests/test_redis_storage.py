@@ -171,9 +171,11 @@ def test_data_is_json_in_hashes_sharing_one_hash_tag(raw: Any, prefix: str) -> N
     )
     manager.fire("a", {"n": 1})
     keys = sorted(raw.scan_iter(match=prefix + ":*"))
-    assert keys == sorted(storage.keys[i] for i in (0, 1, 2, 3, 4, 5, 6, 7))
+    assert keys == sorted(storage.keys)
     assert all("{layout:1}" in key and raw.type(key) == "hash" for key in keys)
-    meta, tasks, tasktriggers, index, instances, unstarted, kwargs, counters = storage.keys
+    meta, tasks, tasktriggers, index, instances, unstarted, kwargs, counters, versions = (
+        storage.keys
+    )
     assert json.loads(raw.hget(tasks, "t_a")) == {
         "after": ["a", "b"], "run": DEVNULL, "unless": ["u"]
     }
@@ -187,6 +189,7 @@ def test_data_is_json_in_hashes_sharing_one_hash_tag(raw: Any, prefix: str) -> N
     assert json.loads(raw.hget(kwargs, "a")) == {"n": 1}
     assert raw.hget(counters, "t_a") == "1"
     assert int(raw.hget(meta, "version")) == storage._read_session().version > 0
+    assert raw.hgetall(versions) == {"t_a": raw.hget(meta, "version")}  # last touched now
 
     # Moving out of unstarted updates the per-task list; reconfiguring the index.
     manager.update_instance_status("t_a#0", "failed")
@@ -239,7 +242,7 @@ def test_ttl_is_applied_to_every_key_and_refreshed(raw: Any, prefix: str) -> Non
     manager.update_configuration({"t_a": {"after": ["a", "b"], "run": DEVNULL}})
     manager.fire("a", {})
     present = [k for k in storage.keys if raw.exists(k)]
-    assert len(present) == 8
+    assert len(present) == 9
     for key in present:
         assert 0 < raw.ttl(key) <= 300
     raw.expire(storage.keys[0], 5)  # as if time had passed
@@ -608,3 +611,56 @@ def test_large_configurations_and_commits_are_chunked(prefix: str) -> None:
             storage[instance.name] = instance
         storage.save()
     assert storage._read_slice(frozenset({"other"}), frozenset()).instances == {}
+
+
+def _planned(storage: Any, trigger: str) -> tuple[Any, Any]:
+    """Read a slice and plan a fire on it, without committing (an open step)."""
+    from triggers.engine import Step
+
+    slice_ = storage._read_slice(frozenset({trigger}), frozenset())
+    step = Step(slice_, time.time())
+    step.fire(trigger, {"by": "open step"})
+    return slice_, step.changes
+
+
+def test_steps_on_disjoint_tasks_of_one_session_do_not_conflict(prefix: str) -> None:
+    from triggers.storages.base import StepConflict
+
+    storage = make("fine", prefix=prefix)
+    manager = TriggerManager(storage)
+    manager.update_configuration(
+        {
+            "t_one": {"after": ["x", "shared"], "run": DEVNULL},
+            "t_two": {"after": ["y", "shared"], "run": DEVNULL},
+        }
+    )
+    other = TriggerManager(make("fine", prefix=prefix))
+
+    with threading_runner():
+        slice_, changes = _planned(storage, "x")
+        other.fire("y", {})  # touches t_two only
+        other.fire("unused", {})  # touches no task
+        storage._write_changes(slice_, changes)  # commits: nothing it read changed
+
+        slice_, changes = _planned(storage, "x")
+        other.fire("shared", {})  # touches t_one too
+        with pytest.raises(StepConflict):
+            storage._write_changes(slice_, changes)
+
+        slice_, changes = _planned(storage, "x")
+        other.update_configuration({"t_one": {"after": ["x", "z"], "run": DEVNULL}})
+        with pytest.raises(StepConflict):
+            storage._write_changes(slice_, changes)
+
+        slice_, changes = _planned(storage, "x")
+        with make("fine", prefix=prefix).acquire_lock() as locked:  # a whole-session change
+            locked.create_instance("t_two")
+            locked.save()
+        with pytest.raises(StepConflict):
+            storage._write_changes(slice_, changes)
+
+        ThreadingTaskRunner.join_all(timeout=30)
+    storage.invalidate_cache()
+    assert storage["t_one#0"].kwargs == {"x": {"by": "open step"}, "shared": {}}
+    assert storage["t_one#0"].status == "finished"
+    assert sorted(i.name for i in storage) == ["t_one#0", "t_two#0", "t_two#1"]

@@ -3,7 +3,7 @@
 Each session lives in a fixed set of Redis hashes sharing the hash tag
 ``{uid}`` (so they sit in one cluster slot)::
 
-    {prefix}:{uid}:meta          version, created, modified, commit (last commit token)
+    {prefix}:{uid}:meta          version, epoch, created, modified, commit (last commit token)
     {prefix}:{uid}:tasks         task name -> configuration JSON
     {prefix}:{uid}:tasktriggers  task name -> JSON list of the triggers it uses
     {prefix}:{uid}:index         trigger -> JSON list of the tasks using it
@@ -11,14 +11,17 @@ Each session lives in a fixed set of Redis hashes sharing the hash tag
     {prefix}:{uid}:unstarted     task name -> JSON list of its unstarted instances
     {prefix}:{uid}:kwargs        trigger -> latest kwargs JSON
     {prefix}:{uid}:counters      task name -> number of instances ever created
+    {prefix}:{uid}:versions      task name -> version of the last commit touching it
 
 Atomic steps are optimistic and need no lock: a Lua script reads the slice a
 step concerns (tasks using the triggers, their unstarted instances, the named
-instances, counters, latest kwargs and the session version) in one round trip,
-and a second Lua script writes the changes only if the version is unchanged,
-bumping it; otherwise the step is retried (with a short jittered back-off). A
-process that dies mid-step leaves nothing behind: its changes were either
-committed by one script call or never written.
+instances, counters, latest kwargs, and the versions of those tasks) in one
+round trip, and a second Lua script writes the changes only if none of those
+versions changed, bumping them; otherwise the step is retried (with a short
+jittered back-off). Steps on disjoint tasks of one session do not conflict.
+``save()`` (after ``acquire_lock()``) compares the whole-session version
+instead. A process that dies mid-step leaves nothing behind: its changes were
+either committed by one script call or never written.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ SESSION_KEYS = (
     "unstarted",
     "kwargs",
     "counters",
+    "versions",
 )
 
 _SCHEMES = ("redis", "rediss", "unix")
@@ -155,6 +159,22 @@ def _pack(value: Any) -> str:
 
 def _lua(name: str) -> str:
     return (resources.files("triggers.storages") / "lua" / name).read_text(encoding="utf-8")
+
+
+class StepVersion:
+    """What an atomic step read: the session version, the epoch (bumped by
+    whole-session commits) and the version of each task it read, as a flat
+    ``[task, version, ...]`` list. Opaque to callers."""
+
+    __slots__ = ("session", "epoch", "tasks")
+
+    def __init__(self, session: int, epoch: str, tasks: list[str]) -> None:
+        self.session = session
+        self.epoch = epoch
+        self.tasks = tasks
+
+    def __repr__(self) -> str:
+        return f"StepVersion(session={self.session}, epoch={self.epoch}, tasks={self.tasks})"
 
 
 class _Connection:
@@ -388,9 +408,9 @@ class RedisStorageBackend(BaseTriggerStorage):
         reply = loads(
             self._call("reading a step", lambda: conn.run(conn.read_slice, self._keys, request))
         )
-        version = int(reply[0])
-        pos = 2 + int(reply[1])
-        firing = reply[2:pos]
+        session_version, epoch = int(reply[0]), reply[1]
+        pos = 3 + int(reply[2])
+        firing = reply[3:pos]
         count = int(reply[pos])
         pos += 1
         configs: dict[str, TaskConfig] = {}
@@ -400,6 +420,10 @@ class RedisStorageBackend(BaseTriggerStorage):
             configs[name] = decode_config(name, reply[i + 1])
             counters[name] = int(reply[i + 2])
         pos += 3 * count
+        count = int(reply[pos])
+        pos += 1
+        task_versions = reply[pos : pos + 2 * count]
+        pos += 2 * count
         count = int(reply[pos])
         pos += 1
         instances: dict[str, TaskInstance] = {}
@@ -421,11 +445,11 @@ class RedisStorageBackend(BaseTriggerStorage):
             instances=instances,
             latest_kwargs={t: k for t, k in latest.items() if t in used},
             counters=counters,
-            version=version,
+            version=StepVersion(session_version, epoch, task_versions),
         )
 
     def _read_session(self) -> SessionData:
-        meta, tasks, _, _, instances, _, kwargs, counters = self._keys
+        meta, tasks, _, _, instances, _, kwargs, counters, _ = self._keys
         client = self._conn.client
 
         def read() -> list[Any]:
@@ -450,15 +474,27 @@ class RedisStorageBackend(BaseTriggerStorage):
 
     # --- writes --------------------------------------------------------------
     def _write_changes(self, slice_: SessionSlice, changes: SessionChanges) -> None:
-        """Commit ``changes`` if the session version is still ``slice_.version``.
+        """Commit ``changes`` if what ``slice_`` was read from is unchanged.
 
-        Raises :class:`StepConflict` (after a short random pause) when another
-        process committed first; :class:`StorageUnavailableError` when Redis
-        cannot be reached (the message says whether the commit may have landed).
+        A slice read by :meth:`_read_slice` carries a :class:`StepVersion`: the
+        commit checks only the versions of the tasks it read (steps on other
+        tasks of the session do not conflict with it). Any other version (from
+        :meth:`_read_session`, as ``save()`` passes it) is a session version:
+        the commit then requires that nothing at all changed in the session.
+
+        Raises :class:`StepConflict` (after a short random pause) on a conflict;
+        :class:`StorageUnavailableError` when Redis cannot be reached (the
+        message says whether the commit may have landed).
         """
         token = os.urandom(8).hex()
+        seen = slice_.version
+        check: list[Any]
+        if isinstance(seen, StepVersion):
+            check = ["tasks", seen.epoch, seen.tasks]
+        else:
+            check = ["session", str(seen or 0)]
         args: list[Any] = [
-            str(slice_.version or 0),
+            check,
             "" if self.ttl is None else str(self.ttl),
             token,
             len(changes.tasks),
@@ -487,7 +523,7 @@ class RedisStorageBackend(BaseTriggerStorage):
             raise StepConflict(f"session {self.uid!r} changed since the step read it")
         self._backoff.conflicts = 0
         locked = self._locked
-        if locked is not None and locked.version == slice_.version:
+        if locked is not None and locked.version == seen:
             locked.version = int(new_version)  # a later save() in the same lock compares to it
 
     def _committed_version(self, token: str, exc: Exception) -> str:

@@ -1,24 +1,50 @@
--- Commit the changes of one atomic step, only if the session is unchanged since
--- the step read it (compare-and-set on the session version).
+-- Commit the changes of one atomic step, only if what the step read is unchanged
+-- (compare-and-set on versions).
 --
 -- KEYS: the session's keys, in this order:
 --   1 meta  2 tasks  3 tasktriggers  4 index  5 instances  6 unstarted  7 kwargs  8 counters
--- ARGV[1]: a JSON array of strings:
---   expected version, ttl seconds ('' = keys never expire), commit token,
+--   9 versions
+-- ARGV[1]: a JSON array:
+--   check, ttl seconds ('' = keys never expire), commit token,
 --   n, (task name, config JSON, JSON list of the task's triggers)*n,
 --   m, (instance name, task name, status, instance JSON)*m,
 --   k, (trigger, latest kwargs JSON)*k,
 --   c, (task name, counter)*c
--- Returns the new version (a string), or false when the version changed
--- (nothing is written then).
+-- where check is either
+--   ["session", version]: the whole session must still be at that version
+--     (acquire_lock()/save(): the caller may have looked at anything), or
+--   ["tasks", epoch, [task, version, task, version, ...]]: the epoch (bumped by
+--     whole-session commits) and the version of every task the step read must be
+--     unchanged. Steps on disjoint tasks of one session therefore never conflict:
+--     a step reads only tasks that use its triggers (and their unstarted
+--     instances, and the latest kwargs of triggers those tasks use), so any step
+--     writing something it read touches one of those tasks.
+-- Returns the new session version (a string), or false on a conflict (nothing is
+-- written then).
 --
--- The version is max(previous + 1, server time in microseconds), so a session
--- deleted and created again never reuses a version a slow step may still hold.
+-- Versions are max(previous + 1, server time in microseconds): a session deleted
+-- and created again never reuses a version a slow step may still hold. Every
+-- task a commit touches gets the new session version as its task version.
 
 local args = cjson.decode(ARGV[1])
-local current = redis.call('HGET', KEYS[1], 'version')
-if (current or '0') ~= args[1] then
-  return false
+local check = args[1]
+local meta = redis.call('HMGET', KEYS[1], 'version', 'epoch')
+local current = meta[1]
+if check[1] == 'session' then
+  if (current or '0') ~= check[2] then return false end
+else
+  if (meta[2] or '0') ~= check[2] then return false end
+  local expected = check[3]
+  local n = #expected
+  for i = 1, n, 2000 do
+    local j = math.min(i + 1999, n)
+    local fields = {}
+    for k = i, j, 2 do fields[#fields + 1] = expected[k] end
+    local found = redis.call('HMGET', KEYS[9], unpack(fields))
+    for k = 1, #fields do
+      if (found[k] or '0') ~= expected[i + 2 * k - 1] then return false end
+    end
+  end
 end
 local ttl = tonumber(args[2])
 -- Whether the session's keys currently expire (checked before writing anything).
@@ -111,6 +137,8 @@ local function add_edit(edits, field, name, keep)
   edit[name] = keep
 end
 
+local touched = {}  -- tasks whose version this commit bumps
+
 -- Task configurations, and the trigger index (trigger -> tasks using it).
 local n_tasks = tonumber(take())
 if n_tasks > 0 then
@@ -123,6 +151,7 @@ if n_tasks > 0 then
     new_triggers[i] = triggers
   end
   hset_many(KEYS[2], configs)
+  for i = 1, n_tasks do touched[names[i]] = true end
   local old_triggers = hmget_many(KEYS[3], names)
   local index_edits, changed = {}, {}
   for i, name in ipairs(names) do
@@ -152,6 +181,7 @@ if n_instances > 0 then
     records[#records + 1] = name
     records[#records + 1] = data
     add_edit(unstarted_edits, task, name, status == 'unstarted')
+    touched[task] = true
   end
   hset_many(KEYS[5], records)
   edit_lists(KEYS[6], unstarted_edits)
@@ -164,6 +194,9 @@ for key = 7, 8 do
     local records = {}
     for i = 1, 2 * n do records[i] = take() end
     hset_many(KEYS[key], records)
+    if key == 8 then
+      for i = 1, 2 * n, 2 do touched[records[i]] = true end
+    end
   end
 end
 
@@ -173,12 +206,22 @@ local version = tonumber(current or '0') + 1
 if now_us > version then version = now_us end
 version = string.format('%.0f', version)
 local now = string.format('%d.%06d', tonumber(time[1]), tonumber(time[2]))
-if current then
-  redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3])
-else
-  redis.call('HSET', KEYS[1], 'version', version, 'modified', now, 'commit', args[3],
-    'created', now)
+local fields = { 'version', version, 'modified', now, 'commit', args[3] }
+if not current then
+  fields[#fields + 1] = 'created'
+  fields[#fields + 1] = now
 end
+if check[1] == 'session' then
+  fields[#fields + 1] = 'epoch'
+  fields[#fields + 1] = version
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+local task_versions = {}
+for task in pairs(touched) do
+  task_versions[#task_versions + 1] = task
+  task_versions[#task_versions + 1] = version
+end
+if #task_versions > 0 then hset_many(KEYS[9], task_versions) end
 
 if ttl then
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ttl) end

@@ -2,13 +2,15 @@
 --
 -- KEYS: the session's keys, in this order:
 --   1 meta  2 tasks  3 tasktriggers  4 index  5 instances  6 unstarted  7 kwargs  8 counters
+--   9 versions
 -- ARGV[1]: JSON [triggers, tasks, instance names]
 --   triggers: the step's triggers; tasks: the tasks of the named instances;
 --   instance names: instances the step names explicitly.
 -- Returns one JSON string holding a flat array (one reply to parse, not many):
---   version,
+--   session version, epoch,
 --   #firing, firing task names...,
 --   #tasks, (task name, config JSON, counter)...,
+--   #versions, (task name, task version)...   (every task read, '0' if none),
 --   #instances, instance JSON...,
 --   #kwargs, (trigger, latest kwargs JSON)...
 -- "firing" tasks are the ones using one of the triggers; the instances are the
@@ -31,7 +33,8 @@ end
 local request = cjson.decode(ARGV[1])
 local triggers, wanted, names = request[1], request[2], request[3]
 
-local version = redis.call('HGET', KEYS[1], 'version') or '0'
+local meta = redis.call('HMGET', KEYS[1], 'version', 'epoch')
+local version, epoch = meta[1] or '0', meta[2] or '0'
 
 -- Tasks using the triggers, through the trigger index.
 local firing, is_firing = {}, {}
@@ -54,10 +57,11 @@ for i = 1, #firing do task_names[i] = firing[i] end
 for _, task in ipairs(wanted) do
   if not is_firing[task] then task_names[#task_names + 1] = task end
 end
-local configs, counters = {}, {}
+local configs, counters, versions = {}, {}, {}
 if #task_names > 0 then
   configs = hmget(KEYS[2], task_names)
   counters = hmget(KEYS[8], task_names)
+  versions = hmget(KEYS[9], task_names)
 end
 
 -- Unstarted instances of the firing tasks, plus the named instances.
@@ -112,7 +116,7 @@ if #used > 0 then
   end
 end
 
-local out = { version, #firing }
+local out = { version, epoch, #firing }
 for i = 1, #firing do out[#out + 1] = firing[i] end
 local present = {}
 for i = 1, #task_names do
@@ -124,6 +128,11 @@ for i = 1, #task_names do
 end
 out[#out + 1] = #present / 3
 for i = 1, #present do out[#out + 1] = present[i] end
+out[#out + 1] = #task_names
+for i = 1, #task_names do
+  out[#out + 1] = task_names[i]
+  out[#out + 1] = versions[i] or '0'
+end
 out[#out + 1] = #instances
 for i = 1, #instances do out[#out + 1] = instances[i] end
 out[#out + 1] = #kwargs / 2
