@@ -85,9 +85,10 @@ def merge_kwargs(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
 class Step:
     """One atomic change to a session, computed on a slice without I/O."""
 
-    def __init__(self, slice_: SessionSlice, now: float) -> None:
+    def __init__(self, slice_: SessionSlice, now: float, session: str = "") -> None:
         self.slice = slice_
         self.now = now
+        self.session = session
         self.changes = SessionChanges()
         self.scheduled: list[TaskInstance] = []
 
@@ -106,7 +107,8 @@ class Step:
         try:
             return self.slice.instances[name]
         except KeyError:
-            raise KeyError(f"session has no task instance named {name!r}") from None
+            where = f"session {self.session!r}" if self.session else "the session"
+            raise KeyError(f"{where} has no task instance named {name!r}") from None
 
     def new_instance(
         self,
@@ -142,24 +144,26 @@ class Step:
     def fire(self, trigger: str, kwargs: Mapping[str, Any]) -> list[TaskInstance]:
         """Apply a trigger (SPEC section 4); returns the instances it scheduled."""
         first_scheduled = len(self.scheduled)
-        touched: list[TaskInstance] = []
+        concerned: list[TaskInstance] = []
         for config in sorted(self.slice.tasks.values(), key=lambda c: c.name):
             if not config.uses_trigger(trigger):
                 continue
             if self.slice.counters.get(config.name, 0) == 0:
-                touched.append(self._create_receiving(config, trigger, kwargs))
+                concerned.append(self._create_receiving(config, trigger, kwargs))
                 continue
             took_it = False
             for instance in self._unstarted_of(config.name):
+                # Every unstarted instance is re-checked below, not only those that take
+                # the trigger: a configuration change may have made a waiting one ready.
+                concerned.append(instance)
                 if self._has_received(instance, trigger):
                     continue
                 self._receive(instance, trigger, kwargs)
-                touched.append(instance)
                 took_it = True
             if trigger == config.and_every and not took_it:
-                touched.append(self._create_receiving(config, trigger, kwargs))
+                concerned.append(self._create_receiving(config, trigger, kwargs))
 
-        for instance in touched:
+        for instance in concerned:
             if instance.status != STATUS_UNSTARTED:
                 continue
             if instance.can_abandon:

@@ -231,7 +231,7 @@ class BaseTriggerStorage:
         for _attempt in range(self.max_step_attempts):
             with self._transaction():
                 slice_ = self._read_slice(triggers, instance_names)
-                step = Step(slice_, time.time())
+                step = Step(slice_, time.time(), self.uid)
                 result = plan(step)
                 if step.changes:
                     try:
