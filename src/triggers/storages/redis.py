@@ -213,7 +213,8 @@ class _Connection:
         except IndexError:
             connection = self.pool.connection_class(**self.pool.connection_kwargs)
         data = payload.encode()
-        command = [_command_head(script.sha, keys), b"$%d\r\n%b\r\n" % (len(data), data)]
+        # One buffer, so one send(): a second one would wake the server twice.
+        command = [b"%b$%d\r\n%b\r\n" % (_command_head(script.sha, keys), len(data), data)]
         try:
             try:
                 connection.send_packed_command(command)
