@@ -152,9 +152,12 @@ def _command_head(sha: str, keys: tuple[str, ...]) -> bytes:
     return b"".join(parts + [_bulk(key) for key in keys])
 
 
+_pack_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _pack(value: Any) -> str:
     """One JSON script argument (UTF-8 kept as is; Lua's cjson reads it)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _pack_encoder.encode(value)
 
 
 def _lua(name: str) -> str:
