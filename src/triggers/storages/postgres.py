@@ -1064,7 +1064,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
         """The uids of every stored session, sorted."""
         db = cls._database(dsn, schema, options)
         if options.get("auto_create_schema", True):
-            db.ensure_schema()
+            db.ensure_schema("listing sessions")
         return db.run(
             "listing sessions",
             lambda conn: [r[0] for r in conn.execute(db.sql.list_sessions).fetchall()],
@@ -1105,7 +1105,7 @@ class PostgresStorageBackend(BaseTriggerStorage):
             raise ValueError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         db = cls._database(dsn, schema, options)
         if options.get("auto_create_schema", True):
-            db.ensure_schema()
+            db.ensure_schema("purging sessions")
         sql = db.sql
 
         def purge_batch(conn: psycopg.Connection[Any]) -> tuple[int, int]:
