@@ -8,10 +8,12 @@ every process and machine while different sessions run in parallel. PostgreSQL
 releases the lock when the transaction ends, including when the client dies and
 its connection drops, so a crashed process never leaves a session locked.
 
-A step costs two network round trips in pipeline mode: ``BEGIN`` + lock + one
-read query for the slice, then every write + ``COMMIT``. A fire reads only the
-tasks using the trigger, their unstarted instances, the named instances and the
-latest kwargs of those tasks' triggers.
+A step costs two network round trips: ``BEGIN`` + settings + lock + the slice
+read travel as one multi-statement string, then every write + ``COMMIT`` as a
+second one; the statements are prepared once per connection (``PREPARE``) and
+run with ``EXECUTE``. A fire reads only the tasks using the trigger, their
+unstarted instances, the named instances and the latest kwargs of those tasks'
+triggers, each through a key.
 
 Passwords never leave the process: :meth:`PostgresStorageBackend.options` (what
 task messages carry) and every error message use the DSN without its password;
