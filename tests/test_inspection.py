@@ -170,9 +170,10 @@ def test_acquire_lock_create_clone_and_save(manager: TriggerManager) -> None:
     assert storage["t_x#1"].metadata["why"] == "x"
     stamps = storage["t_x#1"].metadata["timestamps"]
     assert {"created", "lastModified", "unstarted"} <= set(stamps)
-    # Counters moved on: the next instance is #3.
+    # Counters moved on: the next instance is #3. (The waiting #1 and #2 already hold
+    # "a", so under the new configuration this fire finds them ready too.)
     manager.update_configuration({"t_x": {"after": [], "andEvery": "a", "run": PASS}})
-    assert [i.name for i in manager.fire("a")] == ["t_x#3"]
+    assert [i.name for i in manager.fire("a")] == ["t_x#1", "t_x#2", "t_x#3"]
 
 
 def test_acquire_lock_without_save_discards(manager: TriggerManager) -> None:
