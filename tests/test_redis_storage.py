@@ -97,6 +97,21 @@ def test_options_never_contain_the_password(monkeypatch: pytest.MonkeyPatch) -> 
     assert rebuilt.options() == options and rebuilt.keys == storage.keys
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:pw-secret@h:1/2", "redis://h:1/2"),
+        ("redis://user:pw%40secret@h/0", "redis://user@h/0"),
+        ("redis://h/0?password=pw-secret&db=3", "redis://h/0?db=3"),
+        ("rediss://h/0?ssl_ca_certs=/etc/ca.pem", "rediss://h/0?ssl_ca_certs=/etc/ca.pem"),
+        ("unix://:pw-secret@/run/redis.sock?db=3", "unix:///run/redis.sock?db=3"),
+        ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
+    ],
+)
+def test_password_is_stripped_from_every_url_form(url: str, expected: str) -> None:
+    assert RedisStorageBackend("s", url=url).options()["url"] == expected
+
+
 def test_task_message_carries_no_password() -> None:
     url = "redis://:not-a-real-password@127.0.0.1:6379/15"
     manager = TriggerManager(RedisStorageBackend("s-msg", url=url))
@@ -384,9 +399,12 @@ def _free_port() -> int:
 class PrivateRedis:
     """A redis-server of our own on a free loopback port (AOF on, in a temp dir)."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, unixsocket: bool = False
+    ) -> None:
         self.directory = directory
         self.password = password
+        self.socket_path = str(directory / "redis.sock") if unixsocket else None
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -402,6 +420,8 @@ class PrivateRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.socket_path:
+            args += ["--unixsocket", self.socket_path]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis_mod.Redis(
             port=self.port, password=self.password, socket_connect_timeout=0.5
@@ -497,6 +517,22 @@ def test_a_commit_whose_reply_was_lost_is_recognised_by_its_token(raw: Any, pref
     assert storage._committed_version(token, lost) == version
     with pytest.raises(StorageUnavailableError, match="it was not applied"):
         storage._committed_version("another-token", lost)
+
+
+def test_unix_socket_url(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path, unixsocket=True)
+    server.start()
+    try:
+        url = f"unix://{server.socket_path}?db=2"
+        storage = RedisStorageBackend("unix", url=url)
+        TriggerManager(storage).fire("a", {"n": 1})
+        rebuilt = storage_backends.get("redis", "unix", **storage.options())
+        assert rebuilt.latest_kwargs == {"a": {"n": 1}}
+        assert RedisStorageBackend.list_sessions(url=url) == ["unix"]
+    finally:
+        server.stop()
 
 
 def test_password_from_url_or_worker_environment(

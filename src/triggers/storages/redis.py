@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -91,20 +91,25 @@ def _split_secret(url: str) -> tuple[str, str | None]:
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         username, sep, secret = userinfo.partition(":")
-        if sep:
+        if sep and secret:
             password = unquote(secret)
         netloc = f"{username}@{hostport}" if username else hostport
     query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key in _SECRET_QUERY_KEYS for key, _ in pairs):
         kept = []
         for key, value in pairs:
             if key in _SECRET_QUERY_KEYS:
-                password = password or value
+                password = password or value or None
             else:
                 kept.append((key, value))
         query = urlencode(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), password
+    text = f"{parts.scheme}://{netloc}{parts.path}"
+    if query:
+        text += f"?{query}"
+    if parts.fragment:
+        text += f"#{parts.fragment}"
+    return text, password
 
 
 def safe_url(url: str) -> str:
