@@ -144,16 +144,19 @@ class TriggerManager:
         result: Mapping[str, Any] | None = None,
     ) -> TaskInstance:
         """Mark a failed instance ``skipped``; with ``cascade``, fire its task's name
-        with ``result`` as kwargs, as if it had finished with that result."""
+        with ``result`` as kwargs, as if it had finished with that result. A given
+        ``result`` is recorded as the instance's ``result`` metadata either way."""
         name = _name(task_instance)
+        given = result is not None
         result = _check_kwargs(f"skipping {name!r}", result)
         task = task_name_of(name)
 
         def plan(step: Step) -> tuple[TaskInstance, list[TaskInstance]]:
             skipped = step.skip(name)
+            if given or cascade:
+                skipped = step.update_metadata(name, {META_RESULT: result})
             if not cascade:
                 return skipped, []
-            step.update_metadata(name, {META_RESULT: result})
             return skipped, self._cascade(step, task, result)
 
         (skipped, scheduled), _ = self.storage.run_step(
