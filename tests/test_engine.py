@@ -24,7 +24,7 @@ def test_unknown_instance_error_names_the_session(manager):
 @pytest.mark.parametrize(
     "directives, directive",
     [
-        ({"after": [], "andEvery": "t_self"}, "after"),
+        ({"after": [], "andEvery": "t_self"}, "andEvery"),
         ({"after": ["t_self"]}, "after"),
         ({"after": ["a"], "unless": ["t_self"]}, "unless"),
     ],

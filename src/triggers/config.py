@@ -81,7 +81,7 @@ def parse_task(name: Any, data: Any, check_runner: bool = True) -> TaskConfig:
     unless = _trigger_names(name, "unless", data.get("unless", []))
     # A task's own name fires when it finishes: waiting for it would never start the
     # task (after/unless), or would start it again after every run (andEvery).
-    for directive, names in (("after", after), ("unless", unless)):
+    for directive, names in (("andEvery", {and_every}), ("after", after), ("unless", unless)):
         if name in names:
             raise ConfigurationError(
                 name, directive, "must not name the task itself (its cascade trigger)"

@@ -111,7 +111,7 @@ class Worker:
             # the grace period is short.
             self.process.send_signal(signal.SIGQUIT)
             try:
-                self.process.wait(timeout=2)
+                self.process.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)

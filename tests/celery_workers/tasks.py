@@ -176,3 +176,14 @@ class MarkerManager(TriggerManager):
 @app.task(name="triggers_test.plain")
 def plain(*args: Any, **kwargs: Any) -> None:
     """A plain Celery task (not a TriggerTask): ``run`` must not name it."""
+
+
+@trigger_task(app, name="triggers_test.sleepy")
+def sleepy(context: TaskContext) -> dict[str, Any]:
+    """Waits (at most 30 s) until ``release`` exists beside the session's database."""
+    entry = record(context)
+    release = probe_path(context, "release")
+    deadline = time.monotonic() + 30
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return {"pid": entry["pid"], "released": release.exists()}

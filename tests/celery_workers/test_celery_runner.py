@@ -57,7 +57,9 @@ def test_decorated_functions_are_trigger_tasks_calling_the_function() -> None:
     assert isinstance(decorated, FunctionTriggerTask)
     # the message is the framework's: Celery's signature check must not apply
     assert not hasattr(record_fn, "__header__")
-    assert resolve_task("triggers_test.record_fn") is record_fn
+    # Celery copies @app.task tasks to every app of the process: any copy will do
+    # for resolve_task(); the Celery runner picks the app (see the test below).
+    assert isinstance(resolve_task("triggers_test.record_fn"), FunctionTriggerTask)
 
 
 def test_function_task_runs_with_context_and_bind(manager: TriggerManager) -> None:

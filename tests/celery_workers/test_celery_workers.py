@@ -8,6 +8,8 @@ in the task message. Every wait is bounded (``WAIT`` seconds).
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from triggers.runners.base import build_message
 from triggers.task import resolve_task
 
 from . import tasks as app_module
+from .conftest import _delete_queues, start_worker
 
 pytestmark = [pytest.mark.celery, pytest.mark.timeout(120)]
 
@@ -251,3 +254,48 @@ def test_routing_to_a_named_queue(
     }
     assert special_worker.queues == (special_queue,)
     assert worker.queues == (default_queue,)
+
+
+def test_worker_killed_mid_task_leaves_it_running_until_recovered(
+    worker: Any, queues: tuple[str, str], make_manager, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    crash_queue = f"{queues[0]}.crash"
+    logs = tmp_path_factory.mktemp("crash")
+    manager = make_manager()
+    manager.update_configuration(
+        {"t_slow": {"after": ["go"], "run": "triggers_test.sleepy", "queue": crash_queue}}
+    )
+    doomed = start_worker(worker.broker, (crash_queue,), "crash1", logs)
+    try:
+        manager.fire("go")
+        deadline = time.monotonic() + WAIT
+        while not app_module.read_probe(manager.storage.path):
+            assert time.monotonic() < deadline, "t_slow#0 never started"
+            time.sleep(0.02)
+        doomed.process.kill()  # SIGKILL mid-task: no ack, no status change
+        doomed.process.wait(timeout=10)
+    finally:
+        doomed.stop()
+    manager.storage.invalidate_cache()
+    assert manager.storage["t_slow#0"].status == "running"
+
+    # Once the worker is known to be gone, an operator (or a periodic job) requeues it.
+    recovered = manager.recover_stuck_instances(statuses=("scheduled", "running"))
+    assert [i.name for i in recovered] == ["t_slow#0"]
+    Path(manager.storage.path).with_name("release.jsonl").touch()
+    rescuer = start_worker(worker.broker, (crash_queue,), "crash2", logs)
+    try:
+        instances = wait_for_session(manager, timeout=WAIT)
+    finally:
+        rescuer.stop()
+        _delete_queues(worker.broker, (crash_queue,))
+    assert instances["t_slow#0"].status == "finished", _describe(instances)
+    runs = app_module.read_probe(manager.storage.path)
+    # It ran once in each worker: the redelivered original message (AMQP
+    # requeues unacked messages of a dead connection), if any, found it running
+    # or finished and did nothing.
+    assert [r["pid"] for r in runs] == [doomed.process.pid, rescuer.process.pid]
+    assert instances["t_slow#0"].metadata["result"] == {
+        "pid": rescuer.process.pid,
+        "released": True,
+    }

@@ -230,10 +230,10 @@ class CeleryTaskRunner(BaseTaskRunner):
         if conf.task_always_eager:
             raise DispatchError(
                 f"task {name!r}: Celery's task_always_eager is on; the Celery runner refuses "
-                "eager mode because the task would run inside the process that fires the "
-                "trigger, before the step scheduling it has committed, so it would not find "
-                "its instance scheduled. Use the 'threading' runner (or "
-                "triggers.testing.threading_runner()) for tests and scripts."
+                "eager mode, in which Celery would run the task, and every cascade after it, "
+                "synchronously inside fire() and ignore cooldowns (countdown). Use the "
+                "'threading' runner (e.g. triggers.testing.threading_runner()) to run trigger "
+                "tasks in this process."
             )
         accept = conf.accept_content
         if accept is not None and not _JSON_CONTENT_TYPES & {str(a) for a in accept}:
@@ -264,5 +264,9 @@ class CeleryTaskRunner(BaseTaskRunner):
             kwargs=message,
             countdown=task_instance.cooldown or None,
             serializer="json",
+            # What monitoring (events, `celery inspect`) shows instead of the
+            # kwargs: trigger kwargs may hold personal data, and repr'ing them
+            # costs more than the rest of the publish.
+            kwargsrepr=f"{{session={message['uid']!r}, instance={message['instance']!r}}}",
             **celery_options(task_instance.config),
         )
