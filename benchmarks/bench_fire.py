@@ -144,7 +144,9 @@ def latency_at_size(backend: str, options: dict[str, Any], size: int, samples: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", action="append", choices=sorted(storage_backends.keys()))
-    parser.add_argument("--sessions", type=int, default=300, help="sessions per process (10 fires each)")
+    parser.add_argument(
+        "--sessions", type=int, default=300, help="sessions per process (10 fires each)"
+    )
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--samples", type=int, default=200)

@@ -6,9 +6,10 @@ import pytest
 
 
 def test_waiting_instance_made_ready_by_a_configuration_change_runs_on_next_fire(manager):
-    manager.update_configuration({"t_a": {"after": ["x", "y"], "run": "triggers.testing.DevNullTask"}})
+    run = "triggers.testing.DevNullTask"
+    manager.update_configuration({"t_a": {"after": ["x", "y"], "run": run}})
     manager.fire("x")
-    manager.update_configuration({"t_a": {"after": ["x"], "run": "triggers.testing.DevNullTask"}})
+    manager.update_configuration({"t_a": {"after": ["x"], "run": run}})
     # Changing the configuration re-applies nothing by itself...
     assert manager.storage["t_a#0"].status == "unstarted"
     # ...but the next fire of a trigger the task uses re-checks every waiting instance.
@@ -34,7 +35,9 @@ def test_a_task_cannot_wait_for_its_own_cascade(manager, directives, directive):
 
     before = manager.storage.debug_repr()
     with pytest.raises(ConfigurationError, match=f"'t_self'.*'{directive}'.*itself"):
-        manager.update_configuration({"t_self": {**directives, "run": "triggers.testing.DevNullTask"}})
+        manager.update_configuration(
+            {"t_self": {**directives, "run": "triggers.testing.DevNullTask"}}
+        )
     assert manager.storage.debug_repr() == before
 
 

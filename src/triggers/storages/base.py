@@ -329,7 +329,9 @@ class BaseTriggerStorage:
         return {
             "uid": self.uid,
             "tasks": copy.deepcopy(data.tasks),
-            "instances": {n: copy.deepcopy(data.instances[n]) for n in sorted_names(data.instances)},
+            "instances": {
+                n: copy.deepcopy(data.instances[n]) for n in sorted_names(data.instances)
+            },
             "metadata": {"latest_kwargs": copy.deepcopy(data.latest_kwargs)},
         }
 
@@ -362,7 +364,9 @@ class BaseTriggerStorage:
 
     def _require_lock(self, action: str) -> SessionData:
         if self._locked is None:
-            raise RuntimeError(f"{action} needs the session lock: use `with storage.acquire_lock():`")
+            raise RuntimeError(
+                f"{action} needs the session lock: use `with storage.acquire_lock():`"
+            )
         return self._locked
 
     def __setitem__(self, name: str, instance: TaskInstance) -> None:

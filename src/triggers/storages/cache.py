@@ -65,7 +65,9 @@ class CacheStorageBackend(BaseTriggerStorage):
         try:
             from django.core.cache import caches
         except ImportError as exc:  # pragma: no cover - depends on extras
-            raise StorageError("the 'cache' backend needs Django: pip install triggers[django]") from exc
+            raise StorageError(
+                "the 'cache' backend needs Django: pip install triggers[django]"
+            ) from exc
         return caches[self.cache_alias]
 
     @property

@@ -9,7 +9,6 @@ from typing import Any
 from triggers.config import parse_task
 from triggers.types import TaskConfig, TaskInstance
 
-
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 

@@ -209,7 +209,8 @@ class SqliteStorageBackend(BaseTriggerStorage):
             latest = {
                 t: loads(k)
                 for t, k in conn.execute(
-                    f"SELECT trigger, kwargs FROM trigger_kwargs WHERE uid = ? AND trigger IN ({marks})",
+                    "SELECT trigger, kwargs FROM trigger_kwargs "
+                    f"WHERE uid = ? AND trigger IN ({marks})",
                     (uid, *used),
                 )
             }
