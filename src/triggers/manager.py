@@ -344,7 +344,8 @@ class TriggerManager:
             )
             return None
 
-        context = TaskContext(self, instance, trigger_kwargs_for(instance), task)
+        # The instance is this step's copy: the task may use (and change) its kwargs freely.
+        context = TaskContext(self, instance, instance.metadata[META_ACTUAL_KWARGS], task)
         try:
             with task._running(context), context.get_logger_context():
                 result = task._run(context)
