@@ -700,3 +700,30 @@ def test_steps_on_disjoint_tasks_of_one_session_do_not_conflict(prefix: str) -> 
     assert storage["t_one#0"].kwargs == {"x": {"by": "open step"}, "shared": {}}
     assert storage["t_one#0"].status == "finished"
     assert sorted(i.name for i in storage) == ["t_one#0", "t_two#0", "t_two#1"]
+
+
+def test_a_fire_that_changes_nothing_still_conflicts_with_readers_of_its_kwargs(
+    prefix: str,
+) -> None:
+    """A new instance takes the latest kwargs of its other triggers: a concurrent
+    fire of one of them must not be lost, even when it changed no instance."""
+    from triggers.storages.base import StepConflict
+
+    storage = make("kwargs-readers", prefix=prefix)
+    manager = TriggerManager(storage)
+    with threading_runner():
+        manager.update_configuration({"t_row": {"after": [], "andEvery": "row", "run": DEVNULL}})
+        manager.fire("row", {"n": 0})  # t_row#0 runs at once
+        ThreadingTaskRunner.join_all(timeout=30)
+        manager.update_configuration(
+            {"t_row": {"after": ["late"], "andEvery": "row", "run": DEVNULL}}
+        )
+        slice_, changes = _planned(storage, "row")  # t_row#1, waiting for "late"
+        assert changes.instances["t_row#1"].status == "unstarted"
+        # "late" finds no unstarted instance of t_row: it changes no instance.
+        assert TriggerManager(make("kwargs-readers", prefix=prefix)).fire("late", {}) == []
+        with pytest.raises(StepConflict):
+            storage._write_changes(slice_, changes)
+        # Retried from a fresh read, the new instance has "late" and runs.
+        assert [i.name for i in manager.fire("row", {"n": 1})] == ["t_row#1"]
+        ThreadingTaskRunner.join_all(timeout=30)

@@ -15,10 +15,11 @@
 --     (acquire_lock()/save(): the caller may have looked at anything), or
 --   ["tasks", epoch, [task, version, task, version, ...]]: the epoch (bumped by
 --     whole-session commits) and the version of every task the step read must be
---     unchanged. Steps on disjoint tasks of one session therefore never conflict:
---     a step reads only tasks that use its triggers (and their unstarted
---     instances, and the latest kwargs of triggers those tasks use), so any step
---     writing something it read touches one of those tasks.
+--     unchanged. A step reads only tasks that use its triggers or own its named
+--     instances (with their unstarted instances, and the latest kwargs of the
+--     triggers those tasks use), and every commit gives a new version to every
+--     task it read or changed; so two steps conflict exactly when they share a
+--     task, and steps on disjoint tasks of one session never conflict.
 -- Returns the new session version (a string), or false on a conflict (nothing is
 -- written then).
 --
@@ -137,7 +138,15 @@ local function add_edit(edits, field, name, keep)
   edit[name] = keep
 end
 
-local touched = {}  -- tasks whose version this commit bumps
+-- Tasks whose version this commit bumps: every task the step read, and every
+-- task it changed. Bumping the tasks it only read matters: a fire records its
+-- trigger's latest kwargs, which steps reading any task using that trigger may
+-- have used (a new instance takes the latest kwargs of its other triggers).
+local touched = {}
+if check[1] == 'tasks' then
+  local expected = check[3]
+  for i = 1, #expected, 2 do touched[expected[i]] = true end
+end
 
 -- Task configurations, and the trigger index (trigger -> tasks using it).
 local n_tasks = tonumber(take())
