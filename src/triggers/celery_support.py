@@ -26,7 +26,7 @@ import celery
 
 from triggers.manager import TriggerManager
 from triggers.storages.base import BaseTriggerStorage
-from triggers.task import TaskContext, TriggerTask
+from triggers.task import TriggerTask
 from triggers.types import STATUS_RUNNING, STATUS_SCHEDULED, TaskInstance
 
 __all__ = ["FunctionTriggerTask", "trigger_task", "wait_for_session", "PENDING_STATUSES"]
@@ -39,43 +39,13 @@ F = TypeVar("F", bound=TaskFunction)
 
 
 class FunctionTriggerTask(TriggerTask):
-    """Base class for trigger tasks made from a function by Celery's decorator.
+    """Base for trigger tasks made from a function by Celery's decorator.
 
-    ``@app.task(base=FunctionTriggerTask)`` (what :func:`trigger_task` does)
-    would normally make the function the task's ``run``, called with the
-    message. This class moves the function to ``_run`` instead: it is called as
-    ``function(context)`` (or ``function(self, context)`` with ``bind=True``)
-    under the trigger task protocol, and its return value (a dict or None) is
-    the task's result and the kwargs of its cascade.
+    ``@app.task(base=FunctionTriggerTask)`` behaves as ``@app.task(base=TriggerTask)``
+    (see :class:`~triggers.task.TriggerTask`): the function becomes ``_run`` and
+    is called as ``function(context)`` (``function(self, context)`` with
+    ``bind=True``) under the trigger task protocol.
     """
-
-    #: The decorated function (a staticmethod, or a plain function when bound).
-    _trigger_function: Any = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        namespace = cls.__dict__
-        if not namespace.get("_decorated") or "run" not in namespace:
-            return
-        # Celery built this class from a function: ``run`` is that function
-        # (a staticmethod unless bind=True). Keep it as the body of _run and put
-        # the trigger entry point back.
-        cls._trigger_function = namespace["run"]
-        cls.run = TriggerTask.run  # type: ignore[method-assign]
-        # Celery checks apply_async arguments against the function's signature;
-        # messages are the framework's, not the function's arguments.
-        if "__header__" in namespace:
-            delattr(cls, "__header__")
-
-    def _run(self, context: TaskContext) -> Mapping[str, Any] | None:
-        function = self._trigger_function
-        if function is None:
-            raise NotImplementedError(
-                f"{type(self).__qualname__}: FunctionTriggerTask is a base for "
-                "@app.task(base=FunctionTriggerTask) / @trigger_task(app); subclasses "
-                "written as classes override _run(context) instead"
-            )
-        return function(context)
 
 
 @overload
@@ -102,10 +72,10 @@ def trigger_task(app: Any = None, name: str | None = None, **options: Any) -> An
     task object; calling it directly is not supported (fire triggers instead).
     """
     if "base" in options and not (
-        isinstance(options["base"], type) and issubclass(options["base"], FunctionTriggerTask)
+        isinstance(options["base"], type) and issubclass(options["base"], TriggerTask)
     ):
         raise TypeError(
-            f"trigger_task(base={options['base']!r}): base must be FunctionTriggerTask "
+            f"trigger_task(base={options['base']!r}): base must be TriggerTask "
             "or a subclass of it"
         )
     if "serializer" in options and options["serializer"] != "json":

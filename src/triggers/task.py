@@ -243,8 +243,30 @@ class TriggerTask(celery.Task):
         """Celery entry point: ``message`` is built by the runner (see build_message)."""
         return self.execute(message)
 
+    #: The function a Celery decorator built this task from (see the class docs).
+    _trigger_function: Any = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        namespace = cls.__dict__
+        if not namespace.get("_decorated") or "run" not in namespace:
+            return
+        # Celery built this class from a function and made it ``run`` (a staticmethod
+        # unless bind=True). Keep it as the body of _run; put the entry point back.
+        cls._trigger_function = namespace["run"]
+        cls.run = TriggerTask.run  # type: ignore[method-assign]
+        # Celery checks apply_async arguments against the function's signature;
+        # messages are the framework's, not the function's arguments.
+        if "__header__" in namespace:
+            delattr(cls, "__header__")
+
     def _run(self, context: TaskContext) -> Mapping[str, Any] | None:
-        raise NotImplementedError(f"{type(self).__qualname__} must implement _run(context)")
+        function = self._trigger_function
+        if function is None:
+            raise NotImplementedError(
+                f"{type(self).__qualname__} must implement _run(context)"
+            )
+        return function(context)  # type: ignore[no-any-return]
 
     def execute(
         self, message: Mapping[str, Any], manager_class: type[TriggerManager] | None = None

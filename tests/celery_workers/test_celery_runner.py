@@ -92,8 +92,8 @@ def test_function_task_runs_with_context_and_bind(manager: TriggerManager) -> No
 
 
 def test_trigger_task_refuses_other_bases_and_serializers() -> None:
-    with pytest.raises(TypeError, match="base must be FunctionTriggerTask"):
-        trigger_task(app_module.app, base=TriggerTask)
+    with pytest.raises(TypeError, match="base must be TriggerTask"):
+        trigger_task(app_module.app, base=celery.Task)
     with pytest.raises(ValueError, match="always JSON"):
         trigger_task(app_module.app, serializer="pickle")
     with pytest.raises(TypeError, match="expected a Celery app"):
@@ -289,3 +289,16 @@ def test_wait_for_session_checks_its_arguments(manager: TriggerManager) -> None:
         wait_for_session(manager, timeout=-1)
     with pytest.raises(ValueError, match="poll"):
         wait_for_session(manager, poll=0)
+
+
+def test_celery_decorator_with_trigger_task_base_makes_the_function_run() -> None:
+    name = f"triggers_test.plain_base_{uuid.uuid4().hex[:8]}"
+
+    @app_module.app.task(name=name, base=TriggerTask)
+    def body(context: TaskContext) -> dict:
+        return {"seen": context.trigger_kwargs}
+
+    assert isinstance(body, TriggerTask)
+    assert type(body)._trigger_function is not None
+    context = TaskContext(manager=None, task_instance=None, trigger_kwargs={"a": {"x": 1}})  # type: ignore[arg-type]
+    assert body._run(context) == {"seen": {"a": {"x": 1}}}
