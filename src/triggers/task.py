@@ -266,7 +266,7 @@ class TriggerTask(celery.Task):
             raise NotImplementedError(
                 f"{type(self).__qualname__} must implement _run(context)"
             )
-        return function(context)  # type: ignore[no-any-return]
+        return function(context)
 
     def execute(
         self, message: Mapping[str, Any], manager_class: type[TriggerManager] | None = None
