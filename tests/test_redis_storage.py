@@ -28,7 +28,7 @@ from conftest import REDIS_URL, prepare_backend
 from triggers import TriggerManager
 from triggers.config import parse_task
 from triggers.exceptions import StorageConflictError, StorageUnavailableError
-from triggers.runners.base import build_message
+from triggers.runners.base import BaseTaskRunner, build_message, task_runners
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages import storage_backends
 from triggers.testing import threading_runner
@@ -727,3 +727,84 @@ def test_a_fire_that_changes_nothing_still_conflicts_with_readers_of_its_kwargs(
         # Retried from a fresh read, the new instance has "late" and runs.
         assert [i.name for i in manager.fire("row", {"n": 1})] == ["t_row#1"]
         ThreadingTaskRunner.join_all(timeout=30)
+
+
+# ---------------------------------------------------------------------------
+# A repeated step reuses its slice (one round trip) only while it is exact
+# ---------------------------------------------------------------------------
+class _Recorder(BaseTaskRunner):
+    """Records dispatches; runs nothing (instances stay scheduled)."""
+
+    def check(self, manager: Any, task_instance: Any) -> None:
+        pass
+
+    def run(self, manager: Any, task_instance: Any) -> None:
+        pass
+
+
+class _RecordingManager(TriggerManager):
+    default_task_runner_name = "redis-test-record"
+
+
+@pytest.fixture
+def recording_runner() -> Iterator[None]:
+    task_runners.register("redis-test-record", _Recorder)
+    yield
+    task_runners.unregister("redis-test-record")
+
+
+def _as_data(slice_: Any) -> dict[str, Any]:
+    return {
+        "tasks": {n: c.to_dict() for n, c in slice_.tasks.items()},
+        "instances": {n: i.to_dict() for n, i in slice_.instances.items()},
+        "latest": slice_.latest_kwargs,
+        "counters": slice_.counters,
+    }
+
+
+def test_a_kept_slice_always_equals_a_fresh_read(
+    raw: Any, prefix: str, recording_runner: None
+) -> None:
+    import random
+
+    rng = random.Random(20261128)
+    storage = make("kept", prefix=prefix)
+    manager = _RecordingManager(storage)
+    manager.update_configuration(
+        {
+            "t_join": {"after": ["a", "b"], "unless": ["u"], "run": DEVNULL},
+            "t_rows": {"after": ["a"], "andEvery": "row", "run": DEVNULL},
+            "t_waiting": {"after": ["row", "never"], "andEvery": "a", "run": DEVNULL},
+            "t_chain": {"after": ["t_rows"], "run": DEVNULL},
+        }
+    )
+    reused = 0
+    for n in range(120):
+        if rng.random() < 0.25 and (
+            scheduled := [i.name for i in storage.get_unresolved_instances()
+                          if i.status == "scheduled"]
+        ):
+            name = rng.choice(scheduled)
+            manager.update_instance_status(name, "finished", cascade=rng.random() < 0.5)
+        else:
+            manager.fire(rng.choice(["a", "b", "u", "row", "row", "row", "x"]), {"n": n})
+        kept = storage._local_state.kept
+        if kept is None:
+            continue
+        reused += 1
+        assert str(kept.session) == raw.hget(storage.keys[0], "version")
+        rebuilt = _as_data(kept.slice())
+        storage._local_state.kept = None
+        fresh = _as_data(storage._read_slice(*kept.key))
+        assert rebuilt == fresh, f"step {n}: {kept.key}"
+        storage._local_state.kept = kept
+    assert reused > 50
+
+    # A write by someone else makes the kept slice conflict; the step is redone.
+    manager.fire("row", {"n": "before"})
+    assert storage._local_state.kept is not None
+    TriggerManager(make("kept", prefix=prefix)).fire("x", {})
+    counters = storage.metadata["counters"]["t_rows"]
+    assert [i.name for i in manager.fire("row", {"n": "after"})] == [f"t_rows#{counters}"]
+    storage.invalidate_cache()
+    assert storage.latest_kwargs["row"] == {"n": "after"}

@@ -46,7 +46,7 @@ from triggers.engine import SessionChanges, SessionSlice
 from triggers.exceptions import StorageError, StorageUnavailableError
 from triggers.storages.base import BaseTriggerStorage, SessionData, StepConflict
 from triggers.storages.codec import decode_config, dumps, encode_config, encode_instance, loads
-from triggers.types import TaskConfig, TaskInstance, task_name_of
+from triggers.types import STATUS_UNSTARTED, TaskConfig, TaskInstance, task_name_of
 
 __all__ = [
     "RedisStorageBackend",
@@ -170,19 +170,94 @@ def _lua(name: str) -> str:
 
 
 class StepVersion:
-    """What an atomic step read: the session version, the epoch (bumped by
-    whole-session commits) and the version of each task it read, as a flat
-    ``[task, version, ...]`` list. Opaque to callers."""
+    """What an atomic step read, as the slice's opaque ``version``.
 
-    __slots__ = ("session", "epoch", "tasks")
+    Holds the session version and epoch it reflects, the version of every task
+    it read (flat ``[task, version, ...]``), and the records it was built from
+    (JSON texts), so that after a commit the same slice can be brought up to
+    date without reading it again (see :meth:`RedisStorageBackend._read_slice`).
+    ``reused`` marks a slice rebuilt that way: its commit then requires the
+    whole session to be unchanged.
+    """
 
-    def __init__(self, session: int, epoch: str, tasks: list[str]) -> None:
+    __slots__ = (
+        "key", "session", "epoch", "tasks", "reused", "firing", "configs", "counters",
+        "instances", "latest", "used",
+    )
+
+    def __init__(
+        self,
+        key: tuple[frozenset[str], frozenset[str]],
+        session: int,
+        epoch: str,
+        tasks: list[str],
+        firing: frozenset[str],
+        configs: dict[str, TaskConfig],
+        counters: dict[str, int],
+        instances: dict[str, str],
+        latest: dict[str, str],
+        reused: bool = False,
+    ) -> None:
+        self.key = key
         self.session = session
         self.epoch = epoch
         self.tasks = tasks
+        self.firing = firing
+        self.configs = configs
+        self.counters = counters
+        self.instances = instances  # instance name -> JSON text
+        self.latest = latest  # trigger -> JSON text (triggers of the firing tasks only)
+        self.used: frozenset[str] = frozenset().union(
+            *(configs[t].triggers for t in firing if t in configs)
+        )
+        self.reused = reused
+
+    def slice(self) -> SessionSlice:
+        """A fresh :class:`SessionSlice` (new objects: the step may change them)."""
+        configs = self.configs
+        instances: dict[str, TaskInstance] = {}
+        for text in self.instances.values():
+            data = loads(text)
+            config = configs.get(data["task"])
+            if config is not None:
+                instances[data["name"]] = TaskInstance.from_dict(data, config)
+        return SessionSlice(
+            tasks=dict(configs),
+            instances=instances,
+            latest_kwargs={t: loads(k) for t, k in self.latest.items()},
+            counters=dict(self.counters),
+            version=self,
+        )
+
+    def after(
+        self, version: int, changes: SessionChanges, records: dict[str, str]
+    ) -> StepVersion:
+        """This read as it stands after committing ``changes`` (nobody else wrote)."""
+        named = self.key[1]
+        instances = dict(self.instances)
+        for name, instance in changes.instances.items():
+            if name in named or (
+                instance.status == STATUS_UNSTARTED and instance.config.name in self.firing
+            ):
+                instances[name] = records[name]
+            else:
+                instances.pop(name, None)
+        counters = dict(self.counters)
+        counters.update((t, n) for t, n in changes.counters.items() if t in counters)
+        latest = dict(self.latest)
+        latest.update(
+            (t, dumps(k)) for t, k in changes.latest_kwargs.items() if t in self.used
+        )
+        return StepVersion(
+            self.key, version, self.epoch, [], self.firing, self.configs, counters,
+            instances, latest, reused=True,
+        )
 
     def __repr__(self) -> str:
-        return f"StepVersion(session={self.session}, epoch={self.epoch}, tasks={self.tasks})"
+        return (
+            f"StepVersion(session={self.session}, epoch={self.epoch}, tasks={self.tasks}, "
+            f"reused={self.reused})"
+        )
 
 
 class _Connection:
@@ -371,7 +446,9 @@ class RedisStorageBackend(BaseTriggerStorage):
         self.url, password = _split_secret(full_url)
         self._password = _resolve_password(self.url, password)
         self._keys = tuple(_session_keys(self.prefix, uid))
-        self._backoff = threading.local()
+        # Per thread: conflicts in a row (back-off), and the slice kept from the
+        # last step (``kept``), valid only while the session is at its version.
+        self._local_state = threading.local()
 
     def options(self) -> dict[str, Any]:
         """Non-secret options (the URL without its password)."""
@@ -411,6 +488,18 @@ class RedisStorageBackend(BaseTriggerStorage):
 
     # --- reads ---------------------------------------------------------------
     def _read_slice(self, triggers: frozenset[str], instance_names: frozenset[str]) -> SessionSlice:
+        """The step's slice, in one round trip, or none at all when possible.
+
+        When this thread's previous step had the same triggers and instance
+        names, and its commit was the last write to the session, the slice is
+        that step's slice brought up to date locally; its commit then checks
+        that the session is still at that version (so a stale slice can never
+        be committed: the step is retried from a real read).
+        """
+        key = (triggers, instance_names)
+        kept: StepVersion | None = getattr(self._local_state, "kept", None)
+        if kept is not None and kept.key == key:
+            return kept.slice()
         wanted = sorted({task_name_of(n) for n in instance_names})
         request = _pack([sorted(triggers), wanted, sorted(instance_names)])
         conn = self._conn
@@ -419,7 +508,7 @@ class RedisStorageBackend(BaseTriggerStorage):
         )
         session_version, epoch = int(reply[0]), reply[1]
         pos = 3 + int(reply[2])
-        firing = reply[3:pos]
+        firing = frozenset(reply[3:pos])
         count = int(reply[pos])
         pos += 1
         configs: dict[str, TaskConfig] = {}
@@ -435,27 +524,21 @@ class RedisStorageBackend(BaseTriggerStorage):
         pos += 2 * count
         count = int(reply[pos])
         pos += 1
-        instances: dict[str, TaskInstance] = {}
+        instances: dict[str, str] = {}
         for text in reply[pos : pos + count]:
             data = loads(text)
-            config = configs.get(data["task"])
-            if config is not None:
-                instances[data["name"]] = TaskInstance.from_dict(data, config)
+            if data["task"] in configs:
+                instances[data["name"]] = text
         pos += count
         count = int(reply[pos])
         pos += 1
-        latest = {reply[i]: loads(reply[i + 1]) for i in range(pos, pos + 2 * count, 2)}
-        used: set[str] = set()
-        for task in firing:
-            if task in configs:
-                used |= configs[task].triggers
-        return SessionSlice(
-            tasks=configs,
-            instances=instances,
-            latest_kwargs={t: k for t, k in latest.items() if t in used},
-            counters=counters,
-            version=StepVersion(session_version, epoch, task_versions),
+        latest = {reply[i]: reply[i + 1] for i in range(pos, pos + 2 * count, 2)}
+        read = StepVersion(
+            key, session_version, epoch, task_versions, firing, configs, counters, instances,
+            latest,
         )
+        read.latest = {t: k for t, k in latest.items() if t in read.used}
+        return read.slice()
 
     def _read_session(self) -> SessionData:
         meta, tasks, _, _, instances, _, kwargs, counters, _ = self._keys
@@ -487,21 +570,27 @@ class RedisStorageBackend(BaseTriggerStorage):
 
         A slice read by :meth:`_read_slice` carries a :class:`StepVersion`: the
         commit checks only the versions of the tasks it read (steps on other
-        tasks of the session do not conflict with it). Any other version (from
-        :meth:`_read_session`, as ``save()`` passes it) is a session version:
-        the commit then requires that nothing at all changed in the session.
+        tasks of the session do not conflict with it), or, for a slice rebuilt
+        from the previous step, that the whole session is unchanged. Any other
+        version (from :meth:`_read_session`, as ``save()`` passes it) is a
+        session version: nothing at all may have changed in the session.
 
         Raises :class:`StepConflict` (after a short random pause) on a conflict;
         :class:`StorageUnavailableError` when Redis cannot be reached (the
         message says whether the commit may have landed).
         """
+        state = self._local_state
+        state.kept = None  # whatever happens, the kept slice is used up
         token = os.urandom(8).hex()
         seen = slice_.version
         check: list[Any]
         if isinstance(seen, StepVersion):
-            check = ["tasks", seen.epoch, seen.tasks]
+            if seen.reused:
+                check = ["session", str(seen.session), False, sorted(seen.configs)]
+            else:
+                check = ["tasks", seen.epoch, seen.tasks]
         else:
-            check = ["session", str(seen or 0)]
+            check = ["session", str(seen or 0), True, []]
         args: list[Any] = [
             check,
             "" if self.ttl is None else str(self.ttl),
@@ -511,8 +600,10 @@ class RedisStorageBackend(BaseTriggerStorage):
         for name, config in changes.tasks.items():
             args += [name, encode_config(config), dumps(sorted(config.triggers))]
         args.append(len(changes.instances))
+        records: dict[str, str] = {}
         for name, instance in changes.instances.items():
-            args += [name, instance.config.name, instance.status, encode_instance(instance)]
+            records[name] = text = encode_instance(instance)
+            args += [name, instance.config.name, instance.status, text]
         args.append(len(changes.latest_kwargs))
         for trigger, kwargs in changes.latest_kwargs.items():
             args += [trigger, dumps(kwargs)]
@@ -522,15 +613,24 @@ class RedisStorageBackend(BaseTriggerStorage):
 
         conn = self._conn
         try:
-            new_version = conn.run(conn.commit, self._keys, _pack(args))
+            reply = conn.run(conn.commit, self._keys, _pack(args))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            new_version = self._committed_version(token, exc)
+            reply = self._committed_version(token, exc) + " ?"
         except redis.RedisError as exc:
             raise self._failure("committing a step", exc) from exc
-        if new_version is None:
-            self._pause_after_conflict()
+        if reply is None:
+            if not (isinstance(seen, StepVersion) and seen.reused):
+                self._pause_after_conflict()
             raise StepConflict(f"session {self.uid!r} changed since the step read it")
-        self._backoff.conflicts = 0
+        state.conflicts = 0
+        new_version, previous = reply.split(" ")
+        if (
+            isinstance(seen, StepVersion)
+            and not changes.tasks
+            and previous == str(seen.session)
+        ):
+            # Nobody else wrote in between: keep the slice for a repeat of this step.
+            state.kept = seen.after(int(new_version), changes, records)
         locked = self._locked
         if locked is not None and locked.version == seen:
             locked.version = int(new_version)  # a later save() in the same lock compares to it
@@ -553,16 +653,22 @@ class RedisStorageBackend(BaseTriggerStorage):
 
     def _pause_after_conflict(self) -> None:
         """Jittered exponential pause so competing steps stop colliding."""
-        conflicts = getattr(self._backoff, "conflicts", 0) + 1
-        self._backoff.conflicts = conflicts
+        conflicts = getattr(self._local_state, "conflicts", 0) + 1
+        self._local_state.conflicts = conflicts
         time.sleep(random.uniform(0, min(0.05, 0.0002 * 2 ** min(conflicts, 10))))
 
     # --- lifecycle -------------------------------------------------------------
     def delete_session(self) -> None:
         """Remove every key of this session (one atomic ``DEL``)."""
         client = self._conn.client
+        self._local_state.kept = None
         self._call("deleting the session", lambda: client.delete(*self._keys))
         self.invalidate_cache()
+
+    def invalidate_cache(self) -> None:
+        """Forget cached reads (the next step reads its slice from Redis)."""
+        super().invalidate_cache()
+        self._local_state.kept = None
 
     def ttl_remaining(self) -> int | None:
         """Seconds before this session expires (None: it does not expire or does not exist)."""

@@ -11,8 +11,11 @@
 --   k, (trigger, latest kwargs JSON)*k,
 --   c, (task name, counter)*c
 -- where check is either
---   ["session", version]: the whole session must still be at that version
---     (acquire_lock()/save(): the caller may have looked at anything), or
+--   ["session", version, bump epoch, [task...]]: the whole session must still be
+--     at that version. With bump epoch (acquire_lock()/save(): the caller may
+--     have looked at, and changed, anything) the epoch becomes the new version,
+--     so steps in flight elsewhere start over; the tasks listed are those the
+--     step read (a step rebuilt from the previous one), or
 --   ["tasks", epoch, [task, version, task, version, ...]]: the epoch (bumped by
 --     whole-session commits) and the version of every task the step read must be
 --     unchanged. A step reads only tasks that use its triggers or own its named
@@ -20,8 +23,8 @@
 --     triggers those tasks use), and every commit gives a new version to every
 --     task it read or changed; so two steps conflict exactly when they share a
 --     task, and steps on disjoint tasks of one session never conflict.
--- Returns the new session version (a string), or false on a conflict (nothing is
--- written then).
+-- Returns "<new session version> <session version before this commit>", or
+-- false on a conflict (nothing is written then).
 --
 -- Versions are max(previous + 1, server time in microseconds): a session deleted
 -- and created again never reuses a version a slow step may still hold. Every
@@ -146,6 +149,8 @@ local touched = {}
 if check[1] == 'tasks' then
   local expected = check[3]
   for i = 1, #expected, 2 do touched[expected[i]] = true end
+else
+  for _, task in ipairs(check[4]) do touched[task] = true end
 end
 
 -- Task configurations, and the trigger index (trigger -> tasks using it).
@@ -220,7 +225,7 @@ if not current then
   fields[#fields + 1] = 'created'
   fields[#fields + 1] = now
 end
-if check[1] == 'session' then
+if check[1] == 'session' and check[3] then
   fields[#fields + 1] = 'epoch'
   fields[#fields + 1] = version
 end
@@ -237,4 +242,4 @@ if ttl then
 elseif had_ttl then
   for i = 1, #KEYS do redis.call('PERSIST', KEYS[i]) end
 end
-return version
+return version .. ' ' .. (current or '0')
