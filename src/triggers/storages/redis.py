@@ -205,7 +205,7 @@ class StepVersion:
         self.firing = firing
         self.configs = configs
         self.counters = counters
-        self.instances = instances  # instance name -> JSON text
+        self.instances = instances  # instance name -> JSON text (any task; see slice())
         self.latest = latest  # trigger -> JSON text (triggers of the firing tasks only)
         self.used: frozenset[str] = frozenset().union(
             *(configs[t].triggers for t in firing if t in configs)
@@ -524,12 +524,8 @@ class RedisStorageBackend(BaseTriggerStorage):
         pos += 2 * count
         count = int(reply[pos])
         pos += 1
-        instances: dict[str, str] = {}
-        for text in reply[pos : pos + count]:
-            data = loads(text)
-            if data["task"] in configs:
-                instances[data["name"]] = text
-        pos += count
+        instances = {reply[i]: reply[i + 1] for i in range(pos, pos + 2 * count, 2)}
+        pos += 2 * count
         count = int(reply[pos])
         pos += 1
         latest = {reply[i]: reply[i + 1] for i in range(pos, pos + 2 * count, 2)}

@@ -11,7 +11,7 @@
 --   #firing, firing task names...,
 --   #tasks, (task name, config JSON, counter)...,
 --   #versions, (task name, task version)...   (every task read, '0' if none),
---   #instances, instance JSON...,
+--   #instances, (instance name, instance JSON)...,
 --   #kwargs, (trigger, latest kwargs JSON)...
 -- "firing" tasks are the ones using one of the triggers; the instances are the
 -- unstarted instances of the firing tasks plus the named instances that exist.
@@ -84,10 +84,14 @@ if #firing > 0 then
     end
   end
 end
-local instances = {}
+local instances = {}  -- name, JSON, name, JSON, ...
 if #instance_names > 0 then
-  for _, text in ipairs(hmget(KEYS[5], instance_names)) do
-    if text then instances[#instances + 1] = text end
+  local texts = hmget(KEYS[5], instance_names)
+  for i = 1, #instance_names do
+    if texts[i] then
+      instances[#instances + 1] = instance_names[i]
+      instances[#instances + 1] = texts[i]
+    end
   end
 end
 
@@ -133,7 +137,7 @@ for i = 1, #task_names do
   out[#out + 1] = task_names[i]
   out[#out + 1] = versions[i] or '0'
 end
-out[#out + 1] = #instances
+out[#out + 1] = #instances / 2
 for i = 1, #instances do out[#out + 1] = instances[i] end
 out[#out + 1] = #kwargs / 2
 for i = 1, #kwargs do out[#out + 1] = kwargs[i] end
