@@ -20,8 +20,10 @@ round trip, and a second Lua script writes the changes only if none of those
 versions changed, bumping them; otherwise the step is retried (with a short
 jittered back-off). Steps on disjoint tasks of one session do not conflict.
 ``save()`` (after ``acquire_lock()``) compares the whole-session version
-instead. A process that dies mid-step leaves nothing behind: its changes were
-either committed by one script call or never written.
+instead. A step repeated by the same storage and thread while nobody else wrote
+reuses its previous slice (one round trip; its commit then requires the whole
+session to be unchanged). A process that dies mid-step leaves nothing behind:
+its changes were either committed by one script call or never written.
 """
 
 from __future__ import annotations
