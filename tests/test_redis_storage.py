@@ -64,8 +64,9 @@ def prefix() -> Iterator[str]:
 
 
 def make(uid: str | None = None, prefix: str = "triggers-test", **options: Any) -> Any:
-    return RedisStorageBackend(uid or f"test-{uuid.uuid4().hex}", url=REDIS_URL, prefix=prefix,
-                               **options)
+    return RedisStorageBackend(
+        uid or f"test-{uuid.uuid4().hex}", url=REDIS_URL, prefix=prefix, **options
+    )
 
 
 @pytest.fixture
@@ -82,8 +83,10 @@ def test_options_never_contain_the_password(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("TRIGGERS_REDIS_URL", raising=False)
     monkeypatch.setenv("TRIGGERS_REDIS_PASSWORD", "from-env-secret")
     storage = RedisStorageBackend(
-        "s1", url="rediss://alice:hunter2@redis.example:6380/3?password=other-secret&ssl_cert_reqs=none",
-        prefix="app", ttl=60,
+        "s1",
+        url="rediss://alice:hunter2@redis.example:6380/3?password=other-secret&ssl_cert_reqs=none",
+        prefix="app",
+        ttl=60,
     )
     options = storage.options()
     text = json.dumps(options)
@@ -181,9 +184,7 @@ def _fire_in_child(prefix: str, parent_pid: int) -> None:
 def test_data_is_json_in_hashes_sharing_one_hash_tag(raw: Any, prefix: str) -> None:
     storage = make("layout:1", prefix=prefix)
     manager = TriggerManager(storage)
-    manager.update_configuration(
-        {"t_a": {"after": ["a", "b"], "unless": ["u"], "run": DEVNULL}}
-    )
+    manager.update_configuration({"t_a": {"after": ["a", "b"], "unless": ["u"], "run": DEVNULL}})
     manager.fire("a", {"n": 1})
     keys = sorted(raw.scan_iter(match=prefix + ":*"))
     assert keys == sorted(storage.keys)
@@ -192,11 +193,15 @@ def test_data_is_json_in_hashes_sharing_one_hash_tag(raw: Any, prefix: str) -> N
         storage.keys
     )
     assert json.loads(raw.hget(tasks, "t_a")) == {
-        "after": ["a", "b"], "run": DEVNULL, "unless": ["u"]
+        "after": ["a", "b"],
+        "run": DEVNULL,
+        "unless": ["u"],
     }
     assert json.loads(raw.hget(tasktriggers, "t_a")) == ["a", "b", "u"]
     assert {t: json.loads(v) for t, v in raw.hgetall(index).items()} == {
-        "a": ["t_a"], "b": ["t_a"], "u": ["t_a"]
+        "a": ["t_a"],
+        "b": ["t_a"],
+        "u": ["t_a"],
     }
     instance = json.loads(raw.hget(instances, "t_a#0"))
     assert instance["status"] == "unstarted" and instance["kwargs"] == {"a": {"n": 1}}
@@ -415,17 +420,25 @@ class PrivateRedis:
     def start(self) -> None:
         args = [
             shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
         ]
         if self.password:
             args += ["--requirepass", self.password]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis_mod.Redis(
-            port=self.port, password=self.password, socket_connect_timeout=0.5
-        )
+        client = redis_mod.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -462,8 +475,9 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def test_fire_fails_cleanly_while_redis_is_down_and_works_after(
     private_redis: PrivateRedis,
 ) -> None:
-    storage = RedisStorageBackend("outage", url=private_redis.url, connect_timeout=1.0,
-                                  socket_timeout=2.0)
+    storage = RedisStorageBackend(
+        "outage", url=private_redis.url, connect_timeout=1.0, socket_timeout=2.0
+    )
     manager = TriggerManager(storage)
     manager.update_configuration({"t_x": {"after": ["a", "b"], "run": PASS}})
     manager.fire("a", {"n": 1})
@@ -637,9 +651,7 @@ def test_large_configurations_and_commits_are_chunked(prefix: str) -> None:
     assert len(slice_.tasks) == 3000 and len(slice_.instances) == 3000
     assert set(slice_.latest_kwargs) == {"go"}
     # Reconfigure them all away from "go": the index follows.
-    manager.update_configuration(
-        {name: {"after": ["other"], "run": DEVNULL} for name in tasks}
-    )
+    manager.update_configuration({name: {"after": ["other"], "run": DEVNULL} for name in tasks})
     assert storage._read_slice(frozenset({"go"}), frozenset()).tasks == {}
     with storage.acquire_lock():
         for instance in list(storage):
@@ -781,8 +793,9 @@ def test_a_kept_slice_always_equals_a_fresh_read(
     reused = 0
     for n in range(120):
         if rng.random() < 0.25 and (
-            scheduled := [i.name for i in storage.get_unresolved_instances()
-                          if i.status == "scheduled"]
+            scheduled := [
+                i.name for i in storage.get_unresolved_instances() if i.status == "scheduled"
+            ]
         ):
             name = rng.choice(scheduled)
             manager.update_instance_status(name, "finished", cascade=rng.random() < 0.5)

@@ -183,8 +183,17 @@ class StepVersion:
     """
 
     __slots__ = (
-        "key", "session", "epoch", "tasks", "reused", "firing", "configs", "counters",
-        "instances", "latest", "used",
+        "key",
+        "session",
+        "epoch",
+        "tasks",
+        "reused",
+        "firing",
+        "configs",
+        "counters",
+        "instances",
+        "latest",
+        "used",
     )
 
     def __init__(
@@ -231,9 +240,7 @@ class StepVersion:
             version=self,
         )
 
-    def after(
-        self, version: int, changes: SessionChanges, records: dict[str, str]
-    ) -> StepVersion:
+    def after(self, version: int, changes: SessionChanges, records: dict[str, str]) -> StepVersion:
         """This read as it stands after committing ``changes`` (nobody else wrote)."""
         named = self.key[1]
         instances = dict(self.instances)
@@ -247,12 +254,18 @@ class StepVersion:
         counters = dict(self.counters)
         counters.update((t, n) for t, n in changes.counters.items() if t in counters)
         latest = dict(self.latest)
-        latest.update(
-            (t, dumps(k)) for t, k in changes.latest_kwargs.items() if t in self.used
-        )
+        latest.update((t, dumps(k)) for t, k in changes.latest_kwargs.items() if t in self.used)
         return StepVersion(
-            self.key, version, self.epoch, [], self.firing, self.configs, counters,
-            instances, latest, reused=True,
+            self.key,
+            version,
+            self.epoch,
+            [],
+            self.firing,
+            self.configs,
+            counters,
+            instances,
+            latest,
+            reused=True,
         )
 
     def __repr__(self) -> str:
@@ -532,7 +545,14 @@ class RedisStorageBackend(BaseTriggerStorage):
         pos += 1
         latest = {reply[i]: reply[i + 1] for i in range(pos, pos + 2 * count, 2)}
         read = StepVersion(
-            key, session_version, epoch, task_versions, firing, configs, counters, instances,
+            key,
+            session_version,
+            epoch,
+            task_versions,
+            firing,
+            configs,
+            counters,
+            instances,
             latest,
         )
         read.latest = {t: k for t, k in latest.items() if t in read.used}
@@ -622,11 +642,7 @@ class RedisStorageBackend(BaseTriggerStorage):
             raise StepConflict(f"session {self.uid!r} changed since the step read it")
         state.conflicts = 0
         new_version, previous = reply.split(" ")
-        if (
-            isinstance(seen, StepVersion)
-            and not changes.tasks
-            and previous == str(seen.session)
-        ):
+        if isinstance(seen, StepVersion) and not changes.tasks and previous == str(seen.session):
             # Nobody else wrote in between: keep the slice for a repeat of this step.
             state.kept = seen.after(int(new_version), changes, records)
         locked = self._locked
@@ -713,8 +729,10 @@ class RedisStorageBackend(BaseTriggerStorage):
         Ages are measured with the Redis server's clock. Each session is checked
         and deleted atomically, so a session written meanwhile is kept.
         """
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or (
-            older_than < 0
+        if (
+            isinstance(older_than, bool)
+            or not isinstance(older_than, (int, float))
+            or (older_than < 0)
         ):
             raise ValueError(
                 f"purge: older_than must be a number of seconds >= 0, got {older_than!r}"
