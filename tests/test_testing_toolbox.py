@@ -243,3 +243,25 @@ def test_plugin_fixtures(
 
 def test_plugin_storage_is_fresh_per_test(trigger_storage: Any) -> None:
     assert len(trigger_storage) == 0 and trigger_storage.tasks == {}
+
+
+def test_mixin_starts_each_test_with_empty_memory_sessions() -> None:
+    import unittest
+
+    from triggers.storages.memory import MemoryStorageBackend
+    from triggers.testing import TriggerManagerTestCaseMixin
+
+    early = MemoryStorageBackend("mixin-reused-uid")
+    TriggerManager(early).fire("leftover", {"from": "an earlier test"})
+
+    class Case(TriggerManagerTestCaseMixin, unittest.TestCase):
+        def test_fresh(self) -> None:
+            self.manager = TriggerManager(MemoryStorageBackend("mixin-reused-uid"))
+            self.assertEqual(self.manager.storage.latest_kwargs, {})
+
+    result = unittest.TestResult()
+    Case("test_fresh").run(result)
+    assert result.wasSuccessful(), result.failures + result.errors
+    # Storage objects built before the reset see the same, emptied session.
+    early.invalidate_cache()
+    assert early.latest_kwargs == {}

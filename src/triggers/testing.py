@@ -117,7 +117,15 @@ class TriggerManagerTestCaseMixin:
 
     manager: TriggerManager
 
+    #: Forget every in-memory session before each test, so tests that reuse a
+    #: session uid on the ``memory`` backend start from an empty session.
+    clear_memory_sessions = True
+
     def setUp(self) -> None:
+        if self.clear_memory_sessions:
+            from triggers.storages.memory import MemoryStorageBackend
+
+            MemoryStorageBackend.clear_all()
         self._triggers_runner = threading_runner()
         self._triggers_runner.__enter__()
         super().setUp()  # type: ignore[misc]

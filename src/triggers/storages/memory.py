@@ -37,6 +37,18 @@ class _Session:
         self.counters: dict[str, int] = {}
         self.modified = time.time()
 
+    @property
+    def empty(self) -> bool:
+        return not (self.tasks or self.instances or self.latest_kwargs)
+
+    def clear(self) -> None:
+        with self.lock:
+            for records in (
+                self.tasks, self.trigger_index, self.instances, self.unstarted, self.latest_kwargs,
+            ):
+                records.clear()
+            self.counters.clear()
+
 
 _sessions: dict[str, _Session] = {}
 _sessions_lock = threading.Lock()
@@ -120,16 +132,10 @@ class MemoryStorageBackend(BaseTriggerStorage):
     @classmethod
     def list_sessions(cls, **options: Any) -> list[str]:
         with _sessions_lock:
-            return sorted(
-                uid for uid, s in _sessions.items() if s.tasks or s.instances or s.latest_kwargs
-            )
+            return sorted(uid for uid, s in _sessions.items() if not s.empty)
 
     def delete_session(self) -> None:
-        s = self._s
-        with s.lock:
-            for records in (s.tasks, s.trigger_index, s.instances, s.unstarted, s.latest_kwargs):
-                records.clear()
-            s.counters.clear()
+        self._s.clear()
         self.invalidate_cache()
 
     @classmethod
@@ -137,13 +143,19 @@ class MemoryStorageBackend(BaseTriggerStorage):
         """Delete sessions not modified for ``older_than`` seconds; returns how many."""
         cutoff = time.time() - older_than
         with _sessions_lock:
-            old = [uid for uid, s in _sessions.items() if s.modified < cutoff]
-            for uid in old:
-                del _sessions[uid]
+            old = [s for s in _sessions.values() if s.modified < cutoff and not s.empty]
+        for session in old:
+            session.clear()
         return len(old)
 
     @classmethod
     def clear_all(cls) -> None:
-        """Forget every session of this process (for tests)."""
+        """Empty every session of this process (for tests).
+
+        Sessions are emptied in place, so storage objects built earlier see the
+        same (empty) session as those built later.
+        """
         with _sessions_lock:
-            _sessions.clear()
+            sessions = list(_sessions.values())
+        for session in sessions:
+            session.clear()
