@@ -170,48 +170,52 @@ class SqliteStorageBackend(BaseTriggerStorage):
         configs: dict[str, TaskConfig] = {}
         counters: dict[str, int] = {}
         firing: list[str] = []
+        wanted = {task_name_of(n) for n in instance_names}
+        # One query for the tasks using the triggers (firing = 1) and the tasks of
+        # the named instances (firing = 0).
+        parts: list[str] = []
+        params: list[str] = []
         if triggers:
-            marks = ",".join("?" * len(triggers))
-            for name, config, counter in conn.execute(
-                "SELECT t.name, t.config, t.counter FROM trigger_index i "
+            parts.append(
+                "SELECT t.name, t.config, t.counter, 1 FROM trigger_index i "
                 "JOIN trigger_tasks t ON t.uid = i.uid AND t.name = i.task "
-                f"WHERE i.uid = ? AND i.trigger IN ({marks})",
-                (uid, *triggers),
+                f"WHERE i.uid = ? AND i.trigger IN ({','.join('?' * len(triggers))})"
+            )
+            params += [uid, *triggers]
+        if wanted:
+            parts.append(
+                "SELECT name, config, counter, 0 FROM trigger_tasks "
+                f"WHERE uid = ? AND name IN ({','.join('?' * len(wanted))})"
+            )
+            params += [uid, *wanted]
+        if parts:
+            for name, config, counter, is_firing in conn.execute(
+                " UNION ALL ".join(parts), params
             ):
                 if name not in configs:
                     configs[name] = decode_config(name, config)
                     counters[name] = counter
+                if is_firing and name not in firing:
                     firing.append(name)
-        wanted = {task_name_of(n) for n in instance_names} - set(configs)
-        if wanted:
-            marks = ",".join("?" * len(wanted))
-            for name, config, counter in conn.execute(
-                "SELECT name, config, counter FROM trigger_tasks "
-                f"WHERE uid = ? AND name IN ({marks})",
-                (uid, *wanted),
-            ):
-                configs[name] = decode_config(name, config)
-                counters[name] = counter
-        rows: list[str] = []
+        # One query for the unstarted instances of the firing tasks and the named ones
+        # (UNION ALL, not OR: each part keeps its own index).
+        parts = []
+        params = []
         if firing:
-            marks = ",".join("?" * len(firing))
-            rows += [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT data FROM trigger_instances WHERE uid = ? AND task IN ({marks}) "
-                    "AND status = ?",
-                    (uid, *firing, STATUS_UNSTARTED),
-                )
-            ]
+            parts.append(
+                "SELECT data FROM trigger_instances WHERE uid = ? "
+                f"AND task IN ({','.join('?' * len(firing))}) AND status = ?"
+            )
+            params += [uid, *firing, STATUS_UNSTARTED]
         if instance_names:
-            marks = ",".join("?" * len(instance_names))
-            rows += [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT data FROM trigger_instances WHERE uid = ? AND name IN ({marks})",
-                    (uid, *instance_names),
-                )
-            ]
+            parts.append(
+                "SELECT data FROM trigger_instances WHERE uid = ? "
+                f"AND name IN ({','.join('?' * len(instance_names))})"
+            )
+            params += [uid, *instance_names]
+        rows: list[str] = []
+        if parts:
+            rows = [r[0] for r in conn.execute(" UNION ALL ".join(parts), params)]
         instances: dict[str, TaskInstance] = {}
         for text in rows:
             data = loads(text)
@@ -255,11 +259,12 @@ class SqliteStorageBackend(BaseTriggerStorage):
         conn = self.connection
         uid = self.uid
         now = time.time()
-        conn.execute(
-            "INSERT INTO trigger_sessions (uid, created, modified) VALUES (?, ?, ?) "
-            "ON CONFLICT (uid) DO UPDATE SET modified = excluded.modified",
-            (uid, now, now),
-        )
+        if changes.tasks or changes.latest_kwargs:  # events; purge() goes by these
+            conn.execute(
+                "INSERT INTO trigger_sessions (uid, created, modified) VALUES (?, ?, ?) "
+                "ON CONFLICT (uid) DO UPDATE SET modified = excluded.modified",
+                (uid, now, now),
+            )
         for name, config in changes.tasks.items():
             conn.execute(
                 "INSERT INTO trigger_tasks (uid, name, config) VALUES (?, ?, ?) "
