@@ -56,3 +56,15 @@ def test_skip_records_a_given_result_without_cascading(manager):
     assert skipped.status == "skipped" and skipped.metadata["result"] == {"id": 7}
     manager.storage.invalidate_cache()
     assert "t_b#0" not in manager.storage
+
+
+def test_a_backend_whose_extra_is_missing_says_which_extra(monkeypatch):
+    import sys
+
+    from triggers.registry import ClassRegistry, MissingDependencyError
+
+    registry: ClassRegistry[object] = ClassRegistry("triggers.storages", "storage backend")
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis-py were not installed
+    monkeypatch.delitem(sys.modules, "triggers.storages.redis", raising=False)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'triggers\[redis\]'"):
+        registry.get_class("redis")

@@ -11,7 +11,7 @@ from triggers.exceptions import TriggersError
 
 T = TypeVar("T")
 
-__all__ = ["ClassRegistry", "RegistryKeyError"]
+__all__ = ["ClassRegistry", "RegistryKeyError", "MissingDependencyError"]
 
 
 class RegistryKeyError(TriggersError, KeyError):
@@ -19,6 +19,10 @@ class RegistryKeyError(TriggersError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0])
+
+
+class MissingDependencyError(TriggersError, ImportError):
+    """A registered class needs a package that is not installed."""
 
 
 class ClassRegistry(Generic[T]):
@@ -76,7 +80,13 @@ class ClassRegistry(Generic[T]):
                     f"expected one of {sorted(self.keys())}"
                 )
             if key not in self._loaded:
-                self._loaded[key] = ep.load()
+                try:
+                    self._loaded[key] = ep.load()
+                except ImportError as exc:
+                    raise MissingDependencyError(
+                        f"the {self.kind} {key!r} ({ep.value}) cannot be imported: {exc}. "
+                        f"If it comes with an extra, install it, e.g. pip install 'triggers[{key}]'"
+                    ) from exc
             return self._loaded[key]
 
     def get(self, key: str, *args: Any, **kwargs: Any) -> T:
