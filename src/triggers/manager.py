@@ -244,6 +244,7 @@ class TriggerManager:
                 if instance.status in statuses:
                     step.schedule(instance)
                     found.append(instance)
+            self._check_dispatchable(found)
             return found
 
         recovered, _ = self.storage.run_step(plan, instance_names=names)

@@ -116,6 +116,17 @@ def celery_options(config: TaskConfig) -> dict[str, Any]:
     return options
 
 
+def _refuse_eager(task: TriggerTask, name: str) -> None:
+    if task.app.conf.task_always_eager:
+        raise DispatchError(
+            f"task {name!r}: Celery's task_always_eager is on; the Celery runner refuses "
+            "eager mode, in which Celery would run the task, and every cascade after it, "
+            "synchronously inside fire() and ignore cooldowns (countdown). Use the "
+            "'threading' runner (e.g. triggers.testing.threading_runner()) to run trigger "
+            "tasks in this process."
+        )
+
+
 def _registered_trigger_tasks(run: str) -> list[TriggerTask]:
     """The TriggerTasks registered under ``run`` on the Celery apps of this process."""
     from celery import _state
@@ -227,14 +238,7 @@ class CeleryTaskRunner(BaseTaskRunner):
         task = self.resolve(task_instance)
         name = task_instance.config.name
         conf = task.app.conf
-        if conf.task_always_eager:
-            raise DispatchError(
-                f"task {name!r}: Celery's task_always_eager is on; the Celery runner refuses "
-                "eager mode, in which Celery would run the task, and every cascade after it, "
-                "synchronously inside fire() and ignore cooldowns (countdown). Use the "
-                "'threading' runner (e.g. triggers.testing.threading_runner()) to run trigger "
-                "tasks in this process."
-            )
+        _refuse_eager(task, name)
         accept = conf.accept_content
         if accept is not None and not _JSON_CONTENT_TYPES & {str(a) for a in accept}:
             raise DispatchError(
@@ -257,8 +261,10 @@ class CeleryTaskRunner(BaseTaskRunner):
         Raises (and the manager marks the instance ``failed``) when the broker
         refuses the message.
         """
-        self.check(manager, task_instance)
+        # The manager ran check() before the step that scheduled this instance
+        # committed; only eager mode is checked again (it may have been switched on).
         task = self.resolve(task_instance)
+        _refuse_eager(task, task_instance.config.name)
         message = build_message(manager, task_instance)
         task.apply_async(
             kwargs=message,
