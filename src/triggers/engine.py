@@ -33,7 +33,6 @@ from triggers.types import (
     TaskConfig,
     TaskInstance,
     instance_name,
-    task_name_of,
 )
 
 __all__ = ["SessionSlice", "SessionChanges", "Step", "merge_kwargs"]
@@ -273,7 +272,3 @@ def require_status(instance: TaskInstance, allowed: tuple[str, ...], action: str
             f"cannot {action} task instance {instance.name!r}: its status is "
             f"{instance.status!r}, expected {' or '.join(repr(s) for s in allowed)}"
         )
-
-
-def task_of(name: str) -> str:
-    return task_name_of(name)

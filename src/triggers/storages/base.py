@@ -408,11 +408,6 @@ class BaseTriggerStorage:
             metadata={"parent": source.name, "depth": source.depth + 1},
         )
 
-    def update_configuration_locked(self, tasks: Mapping[str, TaskConfig]) -> None:
-        data = self._require_lock("update_configuration_locked")
-        for name, config in tasks.items():
-            data.tasks[name] = config.to_dict()
-
     def save(self) -> None:
         """Write the locked session (only what changed since acquire_lock())."""
         data = self._require_lock("save")
