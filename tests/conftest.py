@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from sample_tasks import HookRecordingManager  # noqa: E402
 from triggers import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.base import BaseTriggerStorage
@@ -125,3 +126,15 @@ def manager(storage: BaseTriggerStorage) -> Iterator[TriggerManager]:
     with threading_runner():
         yield TriggerManager(storage)
         ThreadingTaskRunner.join_all(timeout=30)
+
+
+@pytest.fixture
+def hook_manager(storage: BaseTriggerStorage) -> Iterator[HookRecordingManager]:
+    """A manager recording its hook calls (``HookRecordingManager.calls``)."""
+    from sample_tasks import settle
+
+    HookRecordingManager.calls.clear()
+    with threading_runner():
+        yield HookRecordingManager(storage)
+        settle(TriggerManager(storage))
+    HookRecordingManager.calls.clear()

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from sample_tasks import HookRecordingManager, P, new_gate, settle
 from triggers.manager import TriggerManager
-from triggers.storages.base import BaseTriggerStorage
-from triggers.testing import threading_runner
 from triggers.types import TaskInstance
 
 PASS = "triggers.testing.PassThruTask"
@@ -295,13 +292,6 @@ def test_scheduled_instance_is_committed_before_dispatch(manager: TriggerManager
 
 
 # --- the _post_fire hook -------------------------------------------------------------------
-@pytest.fixture
-def hook_manager(storage: BaseTriggerStorage) -> Iterator[HookRecordingManager]:
-    HookRecordingManager.calls.clear()
-    with threading_runner():
-        yield HookRecordingManager(storage)
-        settle(TriggerManager(storage))
-    HookRecordingManager.calls.clear()
 
 
 def test_post_fire_hook_gets_trigger_and_scheduled_instances(

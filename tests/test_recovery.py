@@ -3,15 +3,13 @@ wrong-state and unknown-instance errors, recovery of stuck instances."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sample_tasks import HookRecordingManager, P, settle
 from triggers.manager import TriggerManager
-from triggers.storages.base import BaseTriggerStorage
-from triggers.testing import threading_runner
 from triggers.types import TaskInstance
 
 PASS = "triggers.testing.PassThruTask"
@@ -240,13 +238,6 @@ def test_mark_instance_logs_resolved(manager: TriggerManager) -> None:
 
 
 # --- hooks ----------------------------------------------------------------------------------------
-@pytest.fixture
-def hook_manager(storage: BaseTriggerStorage) -> Iterator[HookRecordingManager]:
-    HookRecordingManager.calls.clear()
-    with threading_runner():
-        yield HookRecordingManager(storage)
-        settle(TriggerManager(storage))
-    HookRecordingManager.calls.clear()
 
 
 def test_post_replay_receives_the_replayed_instance(hook_manager: HookRecordingManager) -> None:
