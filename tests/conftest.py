@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sample_tasks import HookRecordingManager  # noqa: E402
+from sample_tasks import HookRecordingManager
 from triggers import TriggerManager
 from triggers.runners.threading import ThreadingTaskRunner
 from triggers.storages.base import BaseTriggerStorage
